@@ -1,0 +1,62 @@
+"""Typed configuration of the algorithm. Pipelines compose these into stage configs with YAML
+presets (`pipelines/presets/`); nothing here reads the environment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FormatConfig(_Config):
+    """How documents become tokens. Saved with the model: training and inference must agree."""
+
+    max_passage_tokens: PositiveInt = 160  # passage text inserted between <paragraph> ... </paragraph>
+    max_document_tokens: PositiveInt = 256  # document text embedded before [RD]
+
+
+class LossConfig(_Config):
+    kind: Literal["infonce", "bpr"] = "infonce"
+    temperature: float = Field(0.05, gt=0)  # InfoNCE only
+    lambda_gen: float = Field(1.0, ge=0)
+    lambda_ret: float = Field(1.0, ge=0)
+    in_batch_negatives: bool = True  # else only each query's own hard negatives
+    cross_worker_negatives: bool = True  # documents of the other data-parallel workers too
+
+
+class LoraConfig(_Config):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(_Config):
+    # "smollm2" (the offline SmolLM2-135M-Instruct), "tiny" (a random Llama for tests), or a path
+    # to an HF model directory.
+    source: str = "smollm2"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    format: FormatConfig = FormatConfig()
+
+
+class OptimConfig(_Config):
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: PositiveInt = 100
+    batch_size: PositiveInt = 8  # examples per step per worker
+    grad_clip: float | None = 1.0
+    seed: int = 0
+
+
+class TrainConfig(_Config):
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    max_length: PositiveInt = 1024  # tokens of a generation row

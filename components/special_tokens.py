@@ -1,0 +1,81 @@
+"""The tokens OneGen adds to a tokenizer, the roles tokens play in training, and how the new rows
+of the embedding matrix are born.
+
+A token can be both GEN and RET: the model must learn to *emit* `[RQ]` (GEN), and the hidden
+state at the position whose *input* is `[RQ]` is the query vector (RET). CTX tokens carry no loss.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+QUERY = "[RQ]"
+DOCUMENT = "[RD]"
+PARAGRAPH_OPEN = "<paragraph>"
+PARAGRAPH_CLOSE = "</paragraph>"
+ENTITY = "[EL]"
+
+ALL = (QUERY, DOCUMENT, PARAGRAPH_OPEN, PARAGRAPH_CLOSE, ENTITY)
+
+# OneGen initialises each new row from the mean embedding of a short description of the token:
+# a new token then starts near words that mean what it does, not at a random point.
+DESCRIPTIONS = {
+    QUERY: "search for a relevant document",
+    DOCUMENT: "the content of this document",
+    PARAGRAPH_OPEN: "beginning of retrieved paragraph",
+    PARAGRAPH_CLOSE: "end of retrieved paragraph",
+    ENTITY: "link this mention to an entity",
+}
+
+
+class Role(enum.IntFlag):
+    """What a token is trained for. Flags, because `[RQ]` is GEN and RET at once."""
+
+    CTX = 0
+    GEN = 1
+    RET = 2
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Id of each special token; a clear error if the tokenizer was never given them."""
+    ids = {}
+    for token in ALL:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {token!r}: call add_special_tokens(model, tokenizer) first")
+        ids[token] = tid
+    return ids
+
+
+def add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Add the OneGen tokens to `tokenizer` and grow `model` to match. Idempotent.
+
+    New input rows, and new output rows when the head is not tied, are set to the mean embedding
+    of the token's description. Returns the ids of the tokens that were added.
+    """
+    missing = [t for t in ALL if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if not missing:
+        return []
+    tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    # Descriptions are tokenised before the resize, with the tokens that existed before.
+    descriptions = {t: tokenizer(DESCRIPTIONS[t], add_special_tokens=False)["input_ids"] for t in missing}
+    # Rows are padded to a multiple of 64 (tensor-core friendly); the spare rows are never indexed.
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
+
+    inputs = model.get_input_embeddings().weight
+    outputs = model.get_output_embeddings()
+    tied = outputs is None or outputs.weight is inputs
+    added = []
+    with torch.no_grad():
+        for token in missing:
+            tid = tokenizer.convert_tokens_to_ids(token)
+            desc = torch.tensor(descriptions[token], device=inputs.device)
+            inputs[tid] = inputs[desc].mean(dim=0)
+            if not tied:
+                outputs.weight[tid] = outputs.weight[desc].mean(dim=0)
+            added.append(tid)
+    return added

@@ -1,0 +1,1 @@
+"""The orchestrated stages (Ray Data, Ray Train + DeepSpeed, Ray Serve, MLflow) and the CLI."""

@@ -1,0 +1,55 @@
+"""`onegen`: one CLI of subcommands. Each lives in `pipelines/commands/<name>.py` with
+`add_arguments(parser)` and `run(args) -> int`, imported only when called (so `--help` is fast)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name → (module under pipelines.commands, or None while it is not built; one-line help)
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "main": ("main_job", "run the whole pipeline on the embedded default (the README's first command)"),
+    "up": (None, "start the local stack: Ray head and MLflow server on 127.0.0.1"),
+    "down": (None, "stop the local stack"),
+    "status": (None, "report the local stack's health and addresses"),
+    "data": ("data", "build the datasets from the installed packages; validate JSONL"),
+    "train": (None, "submit the training job (Ray Train + DeepSpeed)"),
+    "index": (None, "build a FAISS index of a corpus with a trained model"),
+    "eval": (None, "evaluate in-stream retrieval and answers; log to MLflow"),
+    "promote": (None, "register a model version and move @champion if it wins"),
+    "serve": (None, "deploy the Ray Serve app on the local Ray"),
+    "ask": (None, "ask a question; print the answer and the retrieval trace"),
+    "bench": (None, "run the benchmarks in bench/"),
+    "k8s": (None, "KubeRay: apply, submit-train, status, logs, delete"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onegen", description="OneGen on Ray: one model that generates and retrieves.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if module is not None and name == _requested():
+            importlib.import_module(f"pipelines.commands.{module}").add_arguments(p)
+        p.set_defaults(_module=module, _name=name)
+    return parser
+
+
+def _requested() -> str | None:
+    """The subcommand named on the command line: only its module is imported."""
+    return next((a for a in sys.argv[1:] if a in COMMANDS), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    if args._module is None:
+        print(f"onegen {args._name}: not built yet", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(f"pipelines.commands.{args._module}").run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

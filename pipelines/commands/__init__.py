@@ -1,0 +1,1 @@
+"""One module per `onegen` subcommand: `add_arguments(parser)` and `run(args) -> int`."""
