@@ -183,32 +183,3 @@ def screen(
     finally:
         if sink is not None:
             sink.close()
-
-
-def read_documents(path: str | Path, quarantine: Path | None = None) -> tuple[list[Document], ScreenReport]:
-    report = ScreenReport(source=str(path))
-    unique = UniqueIds()
-
-    def check(raw: bytes, row: int) -> Document:
-        doc = parse_document(raw, row)
-        unique(doc.id, row)
-        return doc
-
-    return list(screen(read_lines(path), check, quarantine, report)), report
-
-
-def read_examples(
-    path: str | Path, corpus_ids: Container[str], quarantine: Path | None = None
-) -> tuple[list[Example], ScreenReport]:
-    """Parse and check a JSONL file of examples against a corpus. Truncation is checked later, by
-    `tokenization.encode_example`, which raises the same `RowError` (see `dataset.py`)."""
-    report = ScreenReport(source=str(path))
-    unique = UniqueIds()
-
-    def check(raw: bytes, row: int) -> Example:
-        example = parse_example(raw, row)
-        unique(example.id, row)
-        check_references(example, row, corpus_ids)
-        return example
-
-    return list(screen(read_lines(path), check, quarantine, report)), report
