@@ -8,18 +8,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
-class _Config(BaseModel):
+class FrozenConfig(BaseModel):
+    """Configs are immutable and reject unknown keys, so a typo in a YAML preset is an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FormatConfig(_Config):
+class FormatConfig(FrozenConfig):
     """How documents become tokens. Saved with the model: training and inference must agree."""
 
     max_passage_tokens: PositiveInt = 160  # passage text inserted between <paragraph> ... </paragraph>
     max_document_tokens: PositiveInt = 256  # document text embedded before [RD]
 
 
-class LossConfig(_Config):
+class LossConfig(FrozenConfig):
     kind: Literal["infonce", "bpr"] = "infonce"
     temperature: float = Field(0.05, gt=0)  # InfoNCE only
     lambda_gen: float = Field(1.0, ge=0)
@@ -28,14 +30,14 @@ class LossConfig(_Config):
     cross_worker_negatives: bool = True  # documents of the other data-parallel workers too
 
 
-class LoraConfig(_Config):
+class LoraConfig(FrozenConfig):
     r: PositiveInt = 16
     alpha: PositiveInt = 32
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class ModelConfig(_Config):
+class ModelConfig(FrozenConfig):
     # "smollm2" (the offline SmolLM2-135M-Instruct), "tiny" (a random Llama for tests), or a path
     # to an HF model directory.
     source: str = "smollm2"
@@ -45,7 +47,7 @@ class ModelConfig(_Config):
     format: FormatConfig = FormatConfig()
 
 
-class OptimConfig(_Config):
+class OptimConfig(FrozenConfig):
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -55,7 +57,7 @@ class OptimConfig(_Config):
     seed: int = 0
 
 
-class TrainConfig(_Config):
+class TrainConfig(FrozenConfig):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()

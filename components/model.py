@@ -109,6 +109,8 @@ class OneGenModel(nn.Module):
     def embed_token_rows(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
         """Unit vectors [N, H] at the last token of each row. Rows are sorted by length so that a
         batch pads little; the result is in the order given."""
+        was_training = self.training
+        self.eval()  # no dropout in vectors that will be indexed or searched
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = torch.empty((len(rows), self.hidden_size), dtype=torch.float32)
         pad = self.encoder.pad_id
@@ -123,6 +125,7 @@ class OneGenModel(nn.Module):
             hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
             last = mask.sum(1).to(self.device) - 1
             out[idx] = _unit(hidden[torch.arange(len(idx), device=self.device), last]).float().cpu()
+        self.train(was_training)
         return out
 
     def embed_queries(self, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:

@@ -50,16 +50,24 @@ def token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return ids
 
 
+def add_tokens_to_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Add the OneGen tokens the tokenizer lacks (for tokenizer-only uses such as validating data);
+    returns those added. Idempotent. With a model, use `add_special_tokens`, which grows it too."""
+    missing = [t for t in ALL if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return missing
+
+
 def add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Add the OneGen tokens to `tokenizer` and grow `model` to match. Idempotent.
 
     New input rows, and new output rows when the head is not tied, are set to the mean embedding
     of the token's description. Returns the ids of the tokens that were added.
     """
-    missing = [t for t in ALL if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    missing = add_tokens_to_tokenizer(tokenizer)
     if not missing:
         return []
-    tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     # Descriptions are tokenised before the resize, with the tokens that existed before.
     descriptions = {t: tokenizer(DESCRIPTIONS[t], add_special_tokens=False)["input_ids"] for t in missing}
     # Rows are padded to a multiple of 64 (tensor-core friendly); the spare rows are never indexed.

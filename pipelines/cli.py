@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "status": (None, "report the local stack's health and addresses"),
     "data": ("data", "build the datasets from the installed packages; validate JSONL"),
     "train": (None, "submit the training job (Ray Train + DeepSpeed)"),
-    "index": (None, "build a FAISS index of a corpus with a trained model"),
+    "index": ("index", "build a FAISS index of a corpus with a trained model"),
     "eval": (None, "evaluate in-stream retrieval and answers; log to MLflow"),
     "promote": (None, "register a model version and move @champion if it wins"),
     "serve": (None, "deploy the Ray Serve app on the local Ray"),
@@ -25,26 +25,25 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onegen", description="OneGen on Ray: one model that generates and retrieves.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if module is not None and name == _requested():
+        if module is not None and name == _requested(argv):
             importlib.import_module(f"pipelines.commands.{module}").add_arguments(p)
         p.set_defaults(_module=module, _name=name)
     return parser
 
 
-def _requested() -> str | None:
+def _requested(argv: list[str]) -> str | None:
     """The subcommand named on the command line: only its module is imported."""
-    return next((a for a in sys.argv[1:] if a in COMMANDS), None)
+    return next((a for a in argv if a in COMMANDS), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    args = build_parser().parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     if args._module is None:
         print(f"onegen {args._name}: not built yet", file=sys.stderr)
         return 2

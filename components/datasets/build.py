@@ -1,0 +1,167 @@
+"""All sources → the files training and evaluation read, in `out_dir`:
+
+    corpus.jsonl                          the vital articles, one Document per line
+    train.jsonl, dev.jsonl                every example of each split
+    fanoutqa_train.jsonl, fanoutqa_dev.jsonl, ict_train.jsonl   the same rows, per source
+    minilm_corpus.npy / .json             MiniLM's corpus matrix, reused by later stages
+    quarantine.jsonl                      rows that failed, with the reason (only if any did)
+    stats.json                            counts per source, per file and per split
+
+Source rows are screened before they are written (so the files hold only good rows), then every
+written file is read back through `components.dataset`: the counts reported are of rows that
+pass the schema and the corpus checks on disk, not of rows the builders meant to write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+from components.corpus import Corpus
+from components.dataset import example_check, iter_examples, load_corpus
+from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
+from components.datasets.inverse_cloze import ict_examples
+from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
+from components.schema import Example
+from components.validation import ScreenReport, screen
+
+QUARANTINE = "quarantine.jsonl"
+SPLITS = ("train", "dev")
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dev_fraction: float = Field(0.5, ge=0, le=1)  # of FanOutQA questions; ICT rows are all train
+    negatives: NonNegativeInt = 3  # MiniLM hard negatives per FanOutQA hop (0: no MiniLM at all)
+    ict_limit: NonNegativeInt | None = None  # ICT examples; None: one per article
+    seed: int = 0  # ICT sentence, negative and sample choice; the FanOutQA split does not depend on it
+
+
+@dataclass
+class FileCount:
+    screen: ScreenReport
+    hops: int = 0  # [RQ] in the rows kept
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    config: BuildConfig
+    sources: dict[str, ScreenReport] = field(default_factory=dict)  # source rows before writing
+    files: dict[str, FileCount] = field(default_factory=dict)  # what is on disk, read back
+    seconds: float = 0.0
+
+    def stats(self) -> dict:
+        def counts(r: ScreenReport) -> dict:
+            return {"read": r.read, "kept": r.kept, "quarantined": r.quarantined, "by_kind": dict(r.by_kind)}
+
+        return {
+            "config": self.config.model_dump(),
+            "sources": {name: counts(r) for name, r in self.sources.items()},
+            "files": {name: {**counts(f.screen), "hops": f.hops} for name, f in self.files.items()},
+            "splits": {s: {"examples": self.files[f"{s}.jsonl"].screen.kept, "hops": self.files[f"{s}.jsonl"].hops} for s in SPLITS},
+            "seconds": round(self.seconds, 1),
+        }
+
+    def summary(self) -> str:
+        lines = ["sources (screened before writing):"]
+        lines += [f"  {name}: {r.summary()}" for name, r in self.sources.items()]
+        lines.append(f"files in {self.out_dir} (read back):")
+        for name, f in self.files.items():
+            hops = f", {f.hops} [RQ]" if name != "corpus.jsonl" else ""
+            lines.append(f"  {name}: read {f.screen.read} = kept {f.screen.kept} + quarantined {f.screen.quarantined}{hops}")
+        lines.append(f"took {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def split_of(question_id: str, dev_fraction: float) -> str:
+    """"dev" or "train" from a stable hash of the id: a question keeps its split as data is added."""
+    h = int.from_bytes(hashlib.blake2b(question_id.encode("utf-8"), digest_size=8).digest(), "big")
+    return "dev" if h < dev_fraction * 2**64 else "train"
+
+
+def no_negatives(queries: list[str], gold: list[str]) -> list[list[str]]:
+    return [[] for _ in queries]
+
+
+def minilm_miner(articles: VitalArticles, k: int, cache_dir: Path) -> NegativeMiner:
+    from components.datasets.negatives import MiniLMNegatives, embed_articles  # loads torch and MiniLM
+    from components.minilm import MiniLMRetriever
+
+    retriever = MiniLMRetriever()
+    matrix = embed_articles(retriever, articles, cache_dir)
+    return MiniLMNegatives(retriever, [d.id for d in articles.documents], matrix, k)
+
+
+def _write_jsonl(path: Path, rows: Iterable[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row + "\n")
+
+
+def _read_back(path: Path, corpus: Corpus, quarantine: Path) -> FileCount:
+    report = ScreenReport(source=path.name)
+    hops = sum(len(e.positives) for e in iter_examples(path, corpus, report, quarantine))
+    return FileCount(report, hops)
+
+
+def build_datasets(
+    out_dir: str | Path,
+    dev_fraction: float = 0.5,
+    negatives: int = 3,
+    ict_limit: int | None = None,
+    seed: int = 0,
+    *,
+    summaries: dict[str, dict] | None = None,  # the vital articles; default: the installed package
+    questions: list[dict] | None = None,  # FanOutQA questions; default: the installed dev file
+    miner: NegativeMiner | None = None,  # default: MiniLM top-`negatives` (tests inject their own)
+) -> BuildReport:
+    config = BuildConfig(dev_fraction=dev_fraction, negatives=negatives, ict_limit=ict_limit, seed=seed)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = out / QUARANTINE
+    quarantine.unlink(missing_ok=True)  # screening appends; a rebuild starts from an empty quarantine
+    report = BuildReport(out, config)
+
+    articles = vital_articles(summaries if summaries is not None else read_summaries(), quarantine)
+    report.sources["vital_articles"] = articles.report
+    _write_jsonl(out / "corpus.jsonl", (d.model_dump_json() for d in articles.documents))
+    corpus, corpus_report = load_corpus(out / "corpus.jsonl", quarantine)
+    report.files["corpus.jsonl"] = FileCount(corpus_report)
+
+    if miner is None:
+        miner = minilm_miner(articles, config.negatives, out) if config.negatives else no_negatives
+    questions = questions if questions is not None else read_dev()
+    rows = {
+        "fanoutqa": fanoutqa_examples(questions, corpus, miner),
+        "ict": ict_examples(articles, config.ict_limit, config.seed),
+    }
+    check = example_check(corpus)  # one check for all sources: ids are unique across them
+    kept: dict[str, list[Example]] = {}
+    for source, source_rows in rows.items():
+        report.sources[source] = ScreenReport(source=source)
+        kept[source] = list(screen(enumerate(source_rows, start=1), check, quarantine, report.sources[source]))
+
+    parts = {
+        "fanoutqa_train": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "train"],
+        "fanoutqa_dev": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "dev"],
+        "ict_train": kept["ict"],
+    }
+    parts["train"] = parts["fanoutqa_train"] + parts["ict_train"]
+    parts["dev"] = parts["fanoutqa_dev"]
+    for name, examples in parts.items():
+        path = out / f"{name}.jsonl"
+        _write_jsonl(path, (e.model_dump_json() for e in examples))
+        report.files[path.name] = _read_back(path, corpus, quarantine)
+
+    report.seconds = time.perf_counter() - start
+    (out / "stats.json").write_text(json.dumps(report.stats(), indent=2) + "\n")
+    return report

@@ -1,0 +1,84 @@
+"""FanOutQA dev → examples: the question, then an answer that asks each sub-question, retrieves
+its gold page with [RQ], states the sub-answer, and ends with the final answer:
+
+    Who were the first 5 picks in the 1998 MLB Draft?[RQ] Pat Burrell, Mark Mulder, ....
+    What is the batting hand of Pat Burrell?[RQ] Right. ... So the answer is: Pat Burrell: Right; ...
+
+Only leaves (sub-questions with no decomposition of their own, taken depth-first) whose gold page
+is in the corpus become hops: a fact whose page cannot be retrieved is left out of the text, so the
+model never learns to state what it did not read. The test file is never read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Container, Iterator, Sequence
+from pathlib import Path
+
+from components.datasets.packages import package_file
+from components.datasets.text import full_stop
+from components.special_tokens import QUERY
+
+PACKAGE = "fanoutqa"
+DEV = "data/fanout-final-dev.json"
+INSTALL = "pip install --no-deps fanoutqa==1.1.1 (infra/setup.sh does this)"
+
+# (leaf questions, their gold document ids) → hard negatives per leaf, never containing the gold id.
+NegativeMiner = Callable[[Sequence[str], Sequence[str]], list[list[str]]]
+
+
+def read_dev(path: str | Path | None = None) -> list[dict]:
+    path = path or package_file(PACKAGE, DEV, INSTALL)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def leaves(decomposition: list[dict]) -> Iterator[dict]:
+    """Sub-questions with no decomposition of their own, depth-first."""
+    for sub in decomposition:
+        if sub.get("decomposition"):
+            yield from leaves(sub["decomposition"])
+        else:
+            yield sub
+
+
+def gold_title(leaf: dict) -> str | None:
+    return (leaf.get("evidence") or {}).get("title")
+
+
+def in_corpus_leaves(question: dict, corpus_ids: Container[str]) -> list[dict]:
+    return [leaf for leaf in leaves(question["decomposition"]) if gold_title(leaf) in corpus_ids]
+
+
+def render(answer) -> str:
+    """An answer of any JSON shape as text, deterministically (dicts keep the file's key order)."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, list):
+        return ", ".join(render(a) for a in answer)
+    if isinstance(answer, dict):
+        return "; ".join(f"{k}: {render(v)}" for k, v in answer.items())
+    return str(answer)
+
+
+def assistant_text(hops: list[dict], final_answer) -> str:
+    steps = [f"{leaf['question']}{QUERY} {full_stop(render(leaf['answer']))}" for leaf in hops]
+    return " ".join(steps) + f" So the answer is: {render(final_answer)}"
+
+
+def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: NegativeMiner) -> list[dict]:
+    """One example row per question with at least one in-corpus leaf; negatives mined in one batch.
+    Rows are plain dicts: the build screens them like any other input (see build.py)."""
+    kept = [(q, hops) for q in questions if (hops := in_corpus_leaves(q, corpus_ids))]
+    all_hops = [leaf for _, hops in kept for leaf in hops]
+    negatives = iter(mine([leaf["question"] for leaf in all_hops], [gold_title(leaf) for leaf in all_hops]))
+    return [
+        {
+            "id": q["id"],
+            "messages": [{"role": "user", "content": q["question"]},
+                         {"role": "assistant", "content": assistant_text(hops, q["answer"])}],
+            "positives": [[gold_title(leaf)] for leaf in hops],
+            "negatives": [next(negatives) for _ in hops],
+        }
+        for q, hops in kept
+    ]

@@ -1,0 +1,70 @@
+"""Inverse cloze: self-supervised retrieval pairs from the corpus alone. A sentence of an article is
+the query, the article is the answer (Lee et al., 2019, "Latent Retrieval for Weakly Supervised
+Open Domain QA"). Every article gets a query, so the retrieval loss sees the whole corpus, not
+just the few hundred pages FanOutQA asks about.
+
+    user: "It is the largest city in the United Kingdom by population."
+    assistant: "[RQ] London."     (the passage is inserted after [RQ]; then the model names it)
+
+The query is formatted as `Encoder.query` formats a standalone one: the assistant's first token is
+[RQ]. The negative is another article of the same topic: related enough to be hard.
+"""
+
+from __future__ import annotations
+
+import random
+
+from components.datasets.text import full_stop, sentences
+from components.datasets.vital_articles import VitalArticles
+from components.schema import Document
+from components.special_tokens import QUERY
+
+MIN_WORDS = 6  # shorter sentences ("He died in 1900.") rarely say which article they come from
+
+
+def query_sentence(doc: Document, rng: random.Random) -> str:
+    """Prefer a later sentence (the first one usually names the title outright) with some content."""
+    found = sentences(doc.text) or [doc.text.strip()]
+    long_enough = [s for s in found if len(s.split()) >= MIN_WORDS]
+    later = [s for s in found[1:] if len(s.split()) >= MIN_WORDS]
+    return rng.choice(later or long_enough or found)
+
+
+def _rng(seed: int, title: str) -> random.Random:
+    # A string seed is hashed with SHA-512 by `random`, so this is stable across runs and machines
+    # (unlike hash(), which PYTHONHASHSEED salts) and one article's choice does not shift another's.
+    return random.Random(f"{seed}:{title}")
+
+
+def other_article(group: list[str], doc_id: str, rng: random.Random) -> str | None:
+    """A uniform choice among `group` other than `doc_id` (None if there is no other)."""
+    if len(group) < 2:
+        return None
+    while (pick := rng.choice(group)) == doc_id:  # rarely more than one draw: groups are large
+        pass
+    return pick
+
+
+def ict_examples(articles: VitalArticles, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """Example rows for `limit` articles (all by default; a seeded sample otherwise), in corpus order."""
+    docs = articles.documents
+    if limit is not None and limit < len(docs):
+        chosen = set(random.Random(seed).sample(range(len(docs)), limit))
+        docs = [d for i, d in enumerate(docs) if i in chosen]
+    by_topic: dict[str, list[str]] = {}
+    for doc in articles.documents:
+        by_topic.setdefault(articles.topics.get(doc.id, ""), []).append(doc.id)
+
+    rows = []
+    for doc in docs:
+        rng = _rng(seed, doc.id)
+        query = query_sentence(doc, rng)
+        negative = other_article(by_topic[articles.topics.get(doc.id, "")], doc.id, rng)
+        rows.append({
+            "id": f"ict-{doc.id}",
+            "messages": [{"role": "user", "content": query},
+                         {"role": "assistant", "content": f"{QUERY} {full_stop(doc.title or doc.id)}"}],
+            "positives": [[doc.id]],
+            "negatives": [[negative]] if negative else [],
+        })
+    return rows

@@ -1,0 +1,45 @@
+"""In-stream retrieval quality, teacher-forced: one forward over each gold sequence (the answer
+text with the gold passages already inserted) gives the query vector at every `[RQ]` exactly as
+the decoder would see it when it reaches that point; each is ranked against the corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from components.batching import Collator
+from components.metrics import retrieval_metrics
+from components.model import OneGenModel
+from components.tokenization import EncodedExample
+
+
+@torch.no_grad()
+def query_vectors(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 8) -> tuple[torch.Tensor, list[set[str]]]:
+    """Unit query vectors [Q, H] at every [RQ] of `rows`, and each query's acceptable doc ids."""
+    collate = Collator(model.encoder.pad_id)
+    was_training = model.training
+    model.eval()
+    vectors, gold = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collate(chunk).to(model.device)
+        hidden = model.hidden_states(batch.input_ids, batch.attention_mask)
+        vectors.append(torch.nn.functional.normalize(hidden[batch.query_rows, batch.query_cols].float(), dim=-1).cpu())
+        gold += [{row.doc_ids[i] for i in positives} for row in chunk for positives in row.positives]
+    model.train(was_training)
+    return (torch.cat(vectors) if vectors else torch.zeros((0, model.hidden_size))), gold
+
+
+def rank(queries: torch.Tensor, documents: torch.Tensor, doc_ids: Sequence[str], k: int) -> list[list[str]]:
+    """Exact top-k by dot product (what a Flat index returns)."""
+    k = min(k, documents.shape[0])
+    top = (queries @ documents.T).topk(k, dim=1).indices
+    return [[doc_ids[i] for i in row] for row in top.tolist()]
+
+
+def in_stream_recall(
+    model: OneGenModel, rows: Sequence[EncodedExample], doc_vectors: torch.Tensor, doc_ids: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    queries, gold = query_vectors(model, rows)
+    return retrieval_metrics(rank(queries, doc_vectors, doc_ids, max(ks)), gold, ks)

@@ -1,0 +1,80 @@
+"""Shared fixtures: the SmolLM2 tokenizer (converted once, cached) and tiny random Llamas built
+from a config, so the suite stays fast on 2 cores."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from components.base_models import smollm2_tokenizer, tiny_llama
+from components.corpus import Corpus
+from components.model import OneGenModel
+from components.schema import Document, Example
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer():
+    """The SmolLM2 tokenizer without OneGen's tokens. Do not mutate: use `tokenizer`."""
+    return smollm2_tokenizer()
+
+
+@pytest.fixture
+def tokenizer(base_tokenizer):
+    import copy
+
+    return copy.deepcopy(base_tokenizer)
+
+
+@pytest.fixture
+def tiny_model(tokenizer) -> OneGenModel:
+    """A OneGen model around a fresh 2-layer random Llama (tied embeddings, like SmolLM2)."""
+    return OneGenModel.build(tiny_llama(tokenizer), tokenizer)
+
+
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
+ANIMALS = ["cat", "dog", "horse", "eagle"]
+NAMES = ["Zorvak", "Mibble", "Quenta", "Darlo", "Fesk", "Hurn", "Ippa", "Jolt", "Kesh", "Lumo", "Marn", "Nopa",
+         "Orl", "Pim", "Quill", "Rast", "Sorn", "Tupp", "Ulk", "Vern", "Wisp", "Xal", "Yorv", "Zem",
+         "Abo", "Bix", "Cug", "Dov", "Eln", "Fro", "Gub", "Hax"]  # fmt: skip
+
+
+def synthetic_retrieval() -> tuple[Corpus, list[Example]]:
+    """32 documents, one per (colour, animal) pair, and a question whose answer needs the right one:
+    retrieval must match a conjunction of two words, and the answer must be copied from the passage."""
+    docs, examples = [], []
+    for i, (color, animal) in enumerate(itertools.product(COLORS, ANIMALS)):
+        name = NAMES[i]
+        docs.append(Document(id=f"d{i}", title=name, text=f"The {color} {animal} is called {name}."))
+        examples.append(
+            Example(
+                id=f"q{i}",
+                messages=[
+                    {"role": "user", "content": f"What is the {color} {animal} called?"},
+                    {"role": "assistant", "content": f"Let me look.[RQ] It is called {name}."},
+                ],
+                positives=[[f"d{i}"]],
+            )
+        )
+    return Corpus(docs), examples
+
+
+@pytest.fixture
+def small_corpus() -> Corpus:
+    return Corpus(
+        [
+            Document(id="ada", title="Ada Lovelace", text="Ada Lovelace was born in London in 1815."),
+            Document(id="byron", title="Lord Byron", text="Lord Byron was a poet, Ada's father."),
+            Document(id="london", title="London", text="London is the capital of England."),
+            Document(id="paris", title="Paris", text="Paris is the capital of France."),
+        ]
+    )
+
+
+def make_example(content: str, positives, negatives=(), example_id: str = "ex1", prompt: str = "Where was Ada born?") -> Example:
+    return Example(
+        id=example_id,
+        messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": content}],
+        positives=[list(p) for p in positives],
+        negatives=[list(n) for n in negatives],
+    )
