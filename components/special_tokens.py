@@ -62,28 +62,28 @@ def add_tokens_to_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
 def add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Add the OneGen tokens to `tokenizer` and grow `model` to match. Idempotent.
 
-    New input rows, and new output rows when the head is not tied, are set to the mean embedding
-    of the token's description. Returns the ids of the tokens that were added.
+    A token gets a fresh row when the tokenizer lacked it or the model has no row for it yet (the
+    tokenizer may have been given the tokens alone, by `add_tokens_to_tokenizer`). New input rows,
+    and new output rows when the head is not tied, are set to the mean embedding of the token's
+    description. Returns the ids of the rows initialised.
     """
-    missing = add_tokens_to_tokenizer(tokenizer)
-    if not missing:
+    added = add_tokens_to_tokenizer(tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    ids = token_ids(tokenizer)
+    fresh = [t for t in ALL if t in added or ids[t] >= rows]
+    if not fresh:
         return []
-    # Descriptions are tokenised before the resize, with the tokens that existed before.
-    descriptions = {t: tokenizer(DESCRIPTIONS[t], add_special_tokens=False)["input_ids"] for t in missing}
     # Rows are padded to a multiple of 64 (tensor-core friendly); the spare rows are never indexed.
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
 
     inputs = model.get_input_embeddings().weight
     outputs = model.get_output_embeddings()
     tied = outputs is None or outputs.weight is inputs
-    added = []
     with torch.no_grad():
-        for token in missing:
-            tid = tokenizer.convert_tokens_to_ids(token)
-            desc = torch.tensor(descriptions[token], device=inputs.device)
-            inputs[tid] = inputs[desc].mean(dim=0)
+        for token in fresh:
+            desc = torch.tensor(tokenizer(DESCRIPTIONS[token], add_special_tokens=False)["input_ids"], device=inputs.device)
+            inputs[ids[token]] = inputs[desc].mean(dim=0)
             if not tied:
-                outputs.weight[tid] = outputs.weight[desc].mean(dim=0)
-            added.append(tid)
-    return added
+                outputs.weight[ids[token]] = outputs.weight[desc].mean(dim=0)
+    return [ids[t] for t in fresh]

@@ -4,6 +4,7 @@ from a config, so the suite stays fast on 2 cores."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 
@@ -11,6 +12,7 @@ from components.base_models import smollm2_tokenizer, tiny_llama
 from components.corpus import Corpus
 from components.model import OneGenModel
 from components.schema import Document, Example
+from components.train_loop import TrainResult
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +41,11 @@ NAMES = ["Zorvak", "Mibble", "Quenta", "Darlo", "Fesk", "Hurn", "Ippa", "Jolt", 
          "Abo", "Bix", "Cug", "Dov", "Eln", "Fro", "Gub", "Hax"]  # fmt: skip
 
 
+# The answer searches after a lead-in whose length depends on the animal, so rows of a batch
+# retrieve at different steps.
+LEAD_INS = {"cat": "Checking.", "dog": "Let me look.", "horse": "I will search the records for this one first.", "eagle": "One moment."}
+
+
 def synthetic_retrieval() -> tuple[Corpus, list[Example]]:
     """32 documents, one per (colour, animal) pair, and a question whose answer needs the right one:
     retrieval must match a conjunction of two words, and the answer must be copied from the passage."""
@@ -51,12 +58,53 @@ def synthetic_retrieval() -> tuple[Corpus, list[Example]]:
                 id=f"q{i}",
                 messages=[
                     {"role": "user", "content": f"What is the {color} {animal} called?"},
-                    {"role": "assistant", "content": f"Let me look.[RQ] It is called {name}."},
+                    {"role": "assistant", "content": f"{LEAD_INS[animal]}[RQ] It is called {name}."},
                 ],
                 positives=[[f"d{i}"]],
             )
         )
     return Corpus(docs), examples
+
+
+@dataclass
+class TrainedTiny:
+    model: OneGenModel
+    corpus: Corpus
+    examples: list[Example]
+    result: TrainResult
+    recall_before: float
+    recall_after: float
+
+
+def _recall(model: OneGenModel, corpus: Corpus, rows) -> float:
+    from components.evaluation import in_stream_recall
+
+    return in_stream_recall(model, rows, model.embed_documents(list(corpus)), corpus.ids)["recall@1"]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(base_tokenizer) -> TrainedTiny:
+    """A tiny Llama trained once per test run (~1 min) on `synthetic_retrieval`: it has learnt to
+    emit [RQ], to retrieve the right document and to copy the answer from the passage."""
+    import copy
+    import random
+
+    import torch
+
+    from components.batching import Collator
+    from components.config import LossConfig
+    from components.train_loop import train
+
+    tokenizer = copy.deepcopy(base_tokenizer)
+    model = OneGenModel.build(tiny_llama(tokenizer), tokenizer)
+    corpus, examples = synthetic_retrieval()
+    rows = [model.encoder.example(e, corpus, 256) for e in examples]
+    before = _recall(model, corpus, rows)
+    collate, rng = Collator(model.encoder.pad_id), random.Random(0)
+    batches = (collate(rng.sample(rows, 8)) for _ in iter(int, 1))
+    result = train(model, torch.optim.AdamW(model.parameters(), lr=3e-3), batches, LossConfig(temperature=0.05), max_steps=150)
+    model.eval()
+    return TrainedTiny(model, corpus, examples, result, before, _recall(model, corpus, rows))
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ class BuildConfig(BaseModel):
 @dataclass
 class FileCount:
     screen: ScreenReport
-    hops: int = 0  # [RQ] in the rows kept
+    hops: int | None = None  # [RQ] in the rows kept (None for the corpus)
 
 
 @dataclass
@@ -72,10 +72,10 @@ class BuildReport:
 
     def summary(self) -> str:
         lines = ["sources (screened before writing):"]
-        lines += [f"  {name}: {r.summary()}" for name, r in self.sources.items()]
+        lines += [f"  {r.summary()}" for r in self.sources.values()]
         lines.append(f"files in {self.out_dir} (read back):")
         for name, f in self.files.items():
-            hops = f", {f.hops} [RQ]" if name != "corpus.jsonl" else ""
+            hops = f", {f.hops} [RQ]" if f.hops is not None else ""
             lines.append(f"  {name}: read {f.screen.read} = kept {f.screen.kept} + quarantined {f.screen.quarantined}{hops}")
         lines.append(f"took {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -144,10 +144,14 @@ def build_datasets(
         "fanoutqa": fanoutqa_examples(questions, corpus, miner),
         "ict": ict_examples(articles, config.ict_limit, config.seed),
     }
+    described = {
+        "fanoutqa": f"fanoutqa dev, the {len(rows['fanoutqa'])} of {len(questions)} questions with a leaf in the corpus",
+        "ict": f"inverse cloze, a sentence of {len(rows['ict'])} of {len(articles.documents)} articles",
+    }
     check = example_check(corpus)  # one check for all sources: ids are unique across them
     kept: dict[str, list[Example]] = {}
     for source, source_rows in rows.items():
-        report.sources[source] = ScreenReport(source=source)
+        report.sources[source] = ScreenReport(source=described[source])
         kept[source] = list(screen(enumerate(source_rows, start=1), check, quarantine, report.sources[source]))
 
     parts = {

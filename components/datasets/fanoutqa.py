@@ -6,7 +6,9 @@ its gold page with [RQ], states the sub-answer, and ends with the final answer:
 
 Only leaves (sub-questions with no decomposition of their own, taken depth-first) whose gold page
 is in the corpus become hops: a fact whose page cannot be retrieved is left out of the text, so the
-model never learns to state what it did not read. The test file is never read.
+model never learns to state what it did not read. For the same reason the final answer is written
+only when every leaf was retrieved; otherwise the answer ends with the last grounded sub-answer.
+The test file is never read.
 """
 
 from __future__ import annotations
@@ -61,9 +63,14 @@ def render(answer) -> str:
     return str(answer)
 
 
-def assistant_text(hops: list[dict], final_answer) -> str:
-    steps = [f"{leaf['question']}{QUERY} {full_stop(render(leaf['answer']))}" for leaf in hops]
-    return " ".join(steps) + f" So the answer is: {render(final_answer)}"
+def assistant_text(hops: list[dict], final_answer, complete: bool) -> str:
+    """The walk over `hops`; the final answer only when the hops are all of the question's leaves."""
+    text = " ".join(f"{leaf['question']}{QUERY} {full_stop(render(leaf['answer']))}" for leaf in hops)
+    return text + f" So the answer is: {render(final_answer)}" if complete else text
+
+
+def _complete(question: dict, hops: list[dict]) -> bool:
+    return len(hops) == sum(1 for _ in leaves(question["decomposition"]))
 
 
 def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: NegativeMiner) -> list[dict]:
@@ -76,7 +83,7 @@ def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: N
         {
             "id": q["id"],
             "messages": [{"role": "user", "content": q["question"]},
-                         {"role": "assistant", "content": assistant_text(hops, q["answer"])}],
+                         {"role": "assistant", "content": assistant_text(hops, q["answer"], _complete(q, hops))}],
             "positives": [[gold_title(leaf)] for leaf in hops],
             "negatives": [next(negatives) for _ in hops],
         }

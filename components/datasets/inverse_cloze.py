@@ -40,7 +40,7 @@ def other_article(group: list[str], doc_id: str, rng: random.Random) -> str | No
     """A uniform choice among `group` other than `doc_id` (None if there is no other)."""
     if len(group) < 2:
         return None
-    while (pick := rng.choice(group)) == doc_id:  # rarely more than one draw: groups are large
+    while (pick := rng.choice(group)) == doc_id:  # n/(n-1) draws on average
         pass
     return pick
 

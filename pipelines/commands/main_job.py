@@ -15,12 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.commands import data
+    from components.datasets.build import build_datasets
 
     started = time.perf_counter()
     print("== stage 1/5: data build (FanOutQA dev + vital articles + inverse cloze)", flush=True)
-    code = data.run(argparse.Namespace(action="build", out=args.data, **data.BUILD_DEFAULTS))
-    if code:
-        return code
+    print(build_datasets(args.data).summary(), flush=True)
     print(f"== done in {time.perf_counter() - started:.0f}s. Not built yet, so not run: {', '.join(PENDING)}.")
     return 0

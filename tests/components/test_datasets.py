@@ -123,9 +123,8 @@ def test_fanoutqa_example_text_positives_and_negatives():
             "Who wrote the first algorithm?[RQ] Ada Lovelace. "
             "Which cities were they in?[RQ] London, Paris. "
             "When was Babbage alive?[RQ] born: 1791; died: 1871, London. "
-            "How many engines were built?[RQ] 0. "
-            "So the answer is: Ada Lovelace: London; Charles Babbage: London"},
-    ]
+            "How many engines were built?[RQ] 0."},
+    ]  # leaf "b" is not in the corpus: the final answer would state what was not retrieved
     assert nested["positives"] == [["Ada Lovelace"], ["London"], ["Charles Babbage"], ["Analytical Engine"]]
     assert nested["negatives"] == [
         ["Charles Babbage", "Alan Turing"], ["Ada Lovelace", "Charles Babbage"],
@@ -144,6 +143,7 @@ def test_fanoutqa_example_text_positives_and_negatives():
 
 
 def test_an_answer_that_ends_with_a_period_gets_no_second_one():
+    """Also: every leaf of this question is in the corpus, so the final answer is written."""
     rows = fanoutqa_examples(QUESTIONS[2:], set(kept_ids()), FirstOthers(kept_ids()))
     assert rows[0]["messages"][1]["content"] == (
         "What is the capital of the United States?[RQ] Washington, D.C. So the answer is: 1"
@@ -262,7 +262,8 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     # The one quarantined row is the blank article, with its reason.
     (record,) = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     assert record["kind"] == "empty_text" and record["raw"]["id"] == "Blank"
-    assert "vital_articles" in report.summary() and "train.jsonl" in report.summary()
+    assert "summaries_en-us.json: read 8 = kept 7 + quarantined 1 (empty_text=1)" in report.summary()
+    assert "train.jsonl: read 8 = kept 8 + quarantined 0, 11 [RQ]" in report.summary()
 
 
 @pytest.mark.timeout(60)
@@ -289,13 +290,18 @@ def minilm_cache(request, tmp_path):
     one is ignored by the build) and saved for the next."""
     from components.minilm import MATRIX_FILE, MATRIX_META
 
-    keep = request.config.cache.mkdir("minilm_corpus")
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
+    if cache is None:
+        yield tmp_path
+        return
+    keep = cache.mkdir("minilm_corpus")
     for name in (MATRIX_FILE, MATRIX_META):
         if (keep / name).is_file():
             shutil.copy(keep / name, tmp_path / name)
     yield tmp_path
     for name in (MATRIX_FILE, MATRIX_META):
-        shutil.copy(tmp_path / name, keep / name)
+        if (tmp_path / name).is_file():
+            shutil.copy(tmp_path / name, keep / name)
 
 
 @pytest.mark.real_model

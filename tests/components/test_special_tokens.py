@@ -52,3 +52,12 @@ def test_token_ids_names_the_missing_step(tokenizer):
 def test_roles_are_flags_so_a_query_token_is_gen_and_ret():
     role = st.Role.GEN | st.Role.RET
     assert role & st.Role.GEN and role & st.Role.RET and not st.Role.CTX & st.Role.GEN
+
+
+def test_a_tokenizer_given_the_tokens_alone_still_grows_the_model(tokenizer):
+    st.add_tokens_to_tokenizer(tokenizer)  # e.g. by data validation, before any model existed
+    model = tiny_llama(tokenizer, vocab_size=49152)  # built for the vocabulary before the tokens
+    expected = _expected_rows(model.get_input_embeddings().weight.detach().clone(), tokenizer)
+    assert len(st.add_special_tokens(model, tokenizer)) == len(st.ALL)
+    for token, row in expected.items():
+        torch.testing.assert_close(model.get_input_embeddings().weight[st.token_ids(tokenizer)[token]], row)

@@ -1,44 +1,23 @@
-import random
-
-import pytest
 import torch
 
 from components.batching import Collator
-from components.config import LossConfig
-from components.evaluation import in_stream_recall
 from components.train_loop import train
-from tests.conftest import synthetic_retrieval
+from tests.conftest import make_example
 
 
-@pytest.mark.timeout(300)
-def test_tiny_llama_learns_to_generate_and_retrieve(tiny_model):
-    corpus, examples = synthetic_retrieval()
-    rows = [tiny_model.encoder.example(e, corpus, 256) for e in examples]
-
-    def recall() -> float:
-        docs = tiny_model.embed_documents(list(corpus))
-        return in_stream_recall(tiny_model, rows, docs, corpus.ids)["recall@1"]
-
-    chance = 1 / len(corpus)
-    before = recall()
-    collate, rng = Collator(tiny_model.encoder.pad_id), random.Random(0)
-    batches = (collate(rng.sample(rows, 8)) for _ in iter(int, 1))
-    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=3e-3)
-    result = train(tiny_model, optimizer, batches, LossConfig(temperature=0.05), max_steps=150)
-    after = recall()
-    print(f"recall@1 before {before:.3f} after {after:.3f} (chance {chance:.3f}); "
+def test_tiny_llama_learns_to_generate_and_retrieve(trained_tiny):
+    """The session's `trained_tiny` fixture is this test's training run (150 steps, batch 8)."""
+    result, chance = trained_tiny.result, 1 / len(trained_tiny.corpus)
+    print(f"recall@1 before {trained_tiny.recall_before:.3f} after {trained_tiny.recall_after:.3f} (chance {chance:.3f}); "
           f"lm loss {result.mean('lm_loss', first=10):.2f} → {result.mean('lm_loss', last=10):.2f}")
-
     assert [s.step for s in result.steps] == list(range(1, 151))
     assert result.mean("lm_loss", last=10) < 0.2 * result.mean("lm_loss", first=10)
     assert result.mean("ret_loss", last=10) < 0.5 * result.mean("ret_loss", first=10)
-    assert before < 3 * chance
-    assert after >= 10 * chance  # well above chance: 0.31 with 32 documents
+    assert trained_tiny.recall_before < 3 * chance
+    assert trained_tiny.recall_after >= 10 * chance  # well above chance: 0.31 with 32 documents
 
 
 def test_train_resumes_counting_from_start_step_and_stops_at_max_steps(tiny_model, small_corpus):
-    from tests.conftest import make_example
-
     rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
     batch = Collator(tiny_model.encoder.pad_id)(rows)
     seen = []
