@@ -40,12 +40,22 @@ class Index(Protocol):
     def search(self, queries: np.ndarray, k: int) -> list[list]: ...
 
 
+class QueryEncoder(Protocol):
+    """A separate way to turn query text into vectors (a baseline's retriever): the decoder then
+    encodes each hop's sub-question with it instead of using the [RQ] state it already has."""
+
+    fingerprint: str
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+
 class GenerationConfig(FrozenConfig):
     max_new_tokens: PositiveInt = 128  # tokens the model samples; inserted passages do not count
     temperature: float = Field(0.0, ge=0)  # 0: greedy
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
     stop: list[str] = []
+    stop_token_ids: list[int] = []  # end the answer on these (besides EOS), the token included
     logit_bias: dict[int, float] = {}  # token id → added to its logit (as in the OpenAI API)
     retrieval: bool = True  # off: plain decoding, [RQ] is a token like any other
     mode: Literal["rag", "link"] = "rag"
@@ -120,14 +130,22 @@ class _Row:
 
 
 class InStreamDecoder:
-    def __init__(self, model: OneGenModel, index: Index | None = None, entity_index: Index | None = None):
+    def __init__(
+        self,
+        model: OneGenModel,
+        index: Index | None = None,
+        entity_index: Index | None = None,
+        query_encoder: QueryEncoder | None = None,
+    ):
+        expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
         for name, idx in (("index", index), ("entity_index", entity_index)):
-            if idx is not None and idx.fingerprint != model.fingerprint():
+            if idx is not None and idx.fingerprint != expected:
                 raise ValueError(
-                    f"{name} was built by another model (fingerprint {idx.fingerprint}, this model "
-                    f"{model.fingerprint()}): its vectors are not comparable; rebuild it with this model"
+                    f"{name} was built by another model (fingerprint {idx.fingerprint}, the query "
+                    f"encoder's {expected}): its vectors are not comparable; rebuild it with this model"
                 )
         self.model = model
+        self.query_encoder = query_encoder
         self.index = index
         self.entity_index = entity_index
         enc = model.encoder
@@ -215,7 +233,7 @@ class InStreamDecoder:
             row.generated.append(token)
             row.stream.append(token)
             row.pending = [token]
-            if token == self.query_id and self._retrieving(row):
+            if token == self.query_id and self._retrieving(row) and self.index is not None:
                 row.wants_vector = True
             elif token == self.entity_id and row.cfg.mode == "link" and self.entity_index is not None:
                 row.wants_vector = True
@@ -227,7 +245,9 @@ class InStreamDecoder:
         return events
 
     def _retrieving(self, row: _Row) -> bool:
-        return row.cfg.retrieval and row.cfg.mode == "rag" and self.index is not None and len(row.hops) < row.cfg.max_retrievals
+        """May this row still emit [RQ]? (Without an index it is then a plain token, which a
+        caller can stop on: see `baselines.PipelineRAG`.)"""
+        return row.cfg.retrieval and row.cfg.mode == "rag" and len(row.hops) < row.cfg.max_retrievals
 
     def _sample(self, row: _Row, logits: torch.Tensor) -> int:
         cfg = row.cfg
@@ -256,10 +276,10 @@ class InStreamDecoder:
 
     def _check_finished(self, row: _Row, token: int) -> list[Event]:
         text = self._text(row)
-        stop_at = _find_stop(text, row.cfg.stop)
+        stop_at = find_stop(text, row.cfg.stop)
         if stop_at >= 0:
             text, row.finish_reason = text[:stop_at], "stop"
-        elif token in self.stop_ids:
+        elif token in self.stop_ids or token in row.cfg.stop_token_ids:
             row.finish_reason = "stop"
         elif len(row.generated) >= row.cfg.max_new_tokens or not self._fits(row):
             row.finish_reason = "length"
@@ -284,7 +304,7 @@ class InStreamDecoder:
             if not group:
                 continue
             index = self.index if mode == "rag" else self.entity_index
-            vectors = F.normalize(hidden[[b for b, _ in group]].float(), dim=-1).cpu().numpy()
+            vectors = self._query_vectors(group, hidden)
             # Ask for enough hits that passages already inserted in an answer can be skipped.
             k = max(r.cfg.top_k + len(r.inserted) for _, r in group) if mode == "rag" else 1
             started = time.perf_counter()
@@ -294,6 +314,17 @@ class InStreamDecoder:
                 row.timings["search_s"] += seconds
                 events.append(self._insert(row, hits, seconds, vector) if mode == "rag" else self._link(row, hits))
         return events
+
+    def _query_vectors(self, group: list[tuple[int, _Row]], hidden: torch.Tensor) -> np.ndarray:
+        """The state each row's RET token already produced; a baseline's encoder if it has one."""
+        if self.query_encoder is not None:
+            return self.query_encoder([self._sub_question(row) for _, row in group])
+        return F.normalize(hidden[[b for b, _ in group]].float(), dim=-1).cpu().numpy()
+
+    def _sub_question(self, row: _Row) -> str:
+        """What the answer wrote since its previous hop: the text a separate retriever gets."""
+        start = row.hops[-1].step + 1 if row.hops else 0
+        return self.model.tokenizer.decode(row.generated[start:], skip_special_tokens=True).strip()
 
     def _insert(self, row: _Row, hits: list, seconds: float, vector: np.ndarray) -> Event:
         fresh = [h for h in hits if h.doc_id not in row.inserted][: row.cfg.top_k]
@@ -341,7 +372,7 @@ class InStreamDecoder:
         )
 
 
-def _find_stop(text: str, stops: Sequence[str]) -> int:
+def find_stop(text: str, stops: Sequence[str]) -> int:
     """Where the first stop string starts in `text`, or -1."""
     return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
 
