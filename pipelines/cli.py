@@ -10,16 +10,16 @@ import sys
 # name → (module under pipelines.commands, or None while it is not built; one-line help)
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "main": ("main_job", "run the whole pipeline on the embedded default (the README's first command)"),
-    "up": (None, "start the local stack: Ray head and MLflow server on 127.0.0.1"),
-    "down": (None, "stop the local stack"),
-    "status": (None, "report the local stack's health and addresses"),
+    "up": ("stack", "start the local stack: Ray head and MLflow server on 127.0.0.1"),
+    "down": ("stack", "stop the local stack"),
+    "status": ("stack", "report the local stack's health and addresses"),
     "data": ("data", "build the datasets from the installed packages; validate JSONL"),
     "train": (None, "submit the training job (Ray Train + DeepSpeed)"),
     "index": ("index", "build a FAISS index of a corpus with a trained model"),
     "eval": (None, "evaluate in-stream retrieval and answers; log to MLflow"),
     "promote": (None, "register a model version and move @champion if it wins"),
     "serve": (None, "deploy the Ray Serve app on the local Ray"),
-    "ask": (None, "ask a question; print the answer and the retrieval trace"),
+    "ask": ("ask", "ask a question; print the answer and the retrieval trace"),
     "bench": (None, "run the benchmarks in bench/"),
     "k8s": (None, "KubeRay: apply, submit-train, status, logs, delete"),
 }

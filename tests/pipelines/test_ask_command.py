@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from components.index import build_index
+from pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def saved(trained_tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ask")
+    trained_tiny.model.save_pretrained(root / "model")
+    build_index(trained_tiny.model, trained_tiny.corpus).save(root / "index")
+    return root
+
+
+def test_ask_prints_the_answer_and_the_passages_retrieved_mid_answer(saved, capsys):
+    assert main(["ask", "What is the green cat called?", "--model", str(saved / "model"), "--index", str(saved / "index")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Checking.") and "[RQ]" not in lines[0]
+    assert lines[1].startswith("  retrieval 1 after token ") and "[d8]" in lines[1]  # d8: the green cat
+    assert "tokens in" in lines[-1]
+
+
+def test_ask_json_carries_the_trace(saved, capsys):
+    assert main(["ask", "What is the red dog called?", "--model", str(saved / "model"), "--index", str(saved / "index"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hops"][0]["doc_ids"] == ["d1"] and out["finish_reason"] == "stop"
+    assert set(out["timings"]) == {"prefill_s", "decode_s", "search_s", "total_s"}
+
+
+def test_ask_reports_bad_input_without_a_traceback(saved, tmp_path, capsys):
+    assert main(["ask", "q", "--model", str(tmp_path)]) == 2
+    assert "not a OneGen model" in capsys.readouterr().err
+    assert main(["ask", "q", "--model", str(saved / "model"), "--max-new-tokens", "0"]) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
