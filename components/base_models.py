@@ -102,6 +102,13 @@ def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -
     return LlamaForCausalLM(LlamaConfig(**fields))
 
 
+def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a ModelConfig.source, without loading any weights."""
+    if source in ("smollm2", "tiny"):
+        return smollm2_tokenizer(cache_dir)
+    return AutoTokenizer.from_pretrained(source)
+
+
 def load_base(source: str, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None):
     """(model, tokenizer) for a ModelConfig.source: "smollm2", "tiny" or an HF model directory."""
     if source == "smollm2":

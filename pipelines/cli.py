@@ -14,13 +14,14 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "down": ("stack", "stop the local stack"),
     "status": ("stack", "report the local stack's health and addresses"),
     "data": ("data", "build the datasets from the installed packages; validate JSONL"),
+    "prepare": ("stage", "submit the prepare job (Ray Data: validate, tokenise, write Parquet shards)"),
     "train": (None, "submit the training job (Ray Train + DeepSpeed)"),
     "index": ("index", "build a FAISS index of a corpus with a trained model"),
     "eval": (None, "evaluate in-stream retrieval and answers; log to MLflow"),
     "promote": (None, "register a model version and move @champion if it wins"),
     "serve": (None, "deploy the Ray Serve app on the local Ray"),
     "ask": ("ask", "ask a question; print the answer and the retrieval trace"),
-    "bench": (None, "run the benchmarks in bench/"),
+    "bench": ("bench", "run the benchmarks in bench/"),
     "k8s": (None, "KubeRay: apply, submit-train, status, logs, delete"),
 }
 

@@ -1,3 +1,26 @@
-"""Fixtures for the pipeline tests: real MLflow and S3 servers (tests/fixtures/servers.py)."""
+"""Fixtures for the pipeline tests: real MLflow and S3 servers (tests/fixtures/servers.py) and one
+local Ray cluster for the whole run (ray.init costs ~8 s; STACK_NOTES)."""
+
+import os
+
+import pytest
 
 from tests.fixtures.servers import mlflow_server, s3_server  # noqa: F401  (pytest finds fixtures by name)
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # a local test cluster
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray on 127.0.0.1
+}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray with 4 logical CPUs on the 2 cores: Train workers take 0.5 each and Ray Data
+    keeps room (2 CPUs would deadlock them; STACK_NOTES)."""
+    os.environ.update(RAY_ENV)
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,180 @@
+"""One typed config for the whole pipeline, loaded from a YAML preset (`pipelines/presets/`) or a
+user's file. Every stage reads the same file and takes its own section, so `prepare`, `train`,
+`index`, `evaluate` and `promote` of one run always agree on where things are.
+
+Where things live is derived from `storage.root` and `name` (see `Paths`), so a run is moved
+from a laptop to a cluster by changing one line: `root: s3://bucket/prefix`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from components.config import FrozenConfig, TrainConfig
+from components.index import IndexConfig
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+class StorageConfig(FrozenConfig):
+    root: str = ".onegen/storage"  # a directory, or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO, moto); None: AWS
+
+
+class MLflowConfig(FrozenConfig):
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "onegen"
+    registered_model: str = "onegen"
+
+
+class DataConfig(FrozenConfig):
+    """The role-annotated JSONL the pipeline starts from (`onegen data build` writes these)."""
+
+    dir: str = "data"  # a directory, or s3://bucket/prefix
+    train: list[str] = ["train.jsonl"]
+    dev: str = "fanoutqa_dev.jsonl"
+    corpus: str = "corpus.jsonl"
+
+
+class PrepareConfig(FrozenConfig):
+    """Tokenisation uses `train.max_length` and `train.model.format`: prepare and train agree."""
+
+    concurrency: PositiveInt = 1  # tokenizer actors
+    cpus_per_actor: PositiveFloat = 0.5  # below 1: Ray Data must never starve Ray Train (STACK_NOTES)
+    batch_size: PositiveInt = 256
+
+
+class DeepSpeedConfig(FrozenConfig):
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    bf16: bool = False  # GPU workers only
+    offload_optimizer: bool = False  # ZeRO-Offload to CPU memory (large models)
+
+
+class WorkersConfig(FrozenConfig):
+    """Ray Train: how many workers, what each holds, how checkpoints and failures are handled."""
+
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveFloat = 0.5
+    use_gpu: bool = False
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    checkpoint_every: PositiveInt = 50  # steps
+    keep_checkpoints: PositiveInt = 2
+    max_failures: NonNegativeInt = 1  # worker crashes survived by restarting from the last checkpoint
+
+
+class IndexStageConfig(FrozenConfig):
+    index: IndexConfig = IndexConfig()
+    batch_size: PositiveInt = 32  # documents per forward pass
+    actors: PositiveInt = 1
+    cpus_per_actor: PositiveFloat = 1.0
+    # Index only this many documents (the dev hops' gold pages and their hard negatives first,
+    # then a seeded sample). None: the whole corpus. A CPU cannot embed 10k documents in minutes.
+    corpus_limit: PositiveInt | None = None
+
+
+class EvaluateConfig(FrozenConfig):
+    ks: list[PositiveInt] = [1, 5, 10]
+    max_length: PositiveInt = 8192  # teacher-forced dev rows are read whole: no hop is cut
+    answers: NonNegativeInt = 16  # dev questions answered by free generation for EM/F1 (slow on CPU)
+    max_new_tokens: PositiveInt = 256
+    plain_lm_baseline: bool = True  # fine-tune λ_ret = 0 on the same rows: generation must not suffer
+
+
+class PromoteConfig(FrozenConfig):
+    metric: str = "in_stream_recall_at_1"
+    greater_is_better: bool = True
+    min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by more than this
+
+
+class PipelineConfig(FrozenConfig):
+    name: str = Field("onegen", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run everywhere
+    storage: StorageConfig = StorageConfig()
+    mlflow: MLflowConfig = MLflowConfig()
+    data: DataConfig = DataConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    workers: WorkersConfig = WorkersConfig()
+    index: IndexStageConfig = IndexStageConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.storage.root.rstrip("/"), self.name)
+
+
+class Paths:
+    """Where each stage reads and writes, under the storage root."""
+
+    def __init__(self, root: str, name: str):
+        self.root, self.name = root, name
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    @property
+    def prepared(self) -> str:
+        return self._join("prepared", self.name)
+
+    @property
+    def quarantine(self) -> str:
+        return self._join("prepared", self.name, "quarantine")
+
+    @property
+    def checkpoints(self) -> str:
+        return self._join("checkpoints")  # RunConfig(storage_path=...); the run is `name` under it
+
+    @property
+    def model(self) -> str:
+        return self._join("models", self.name)
+
+    @property
+    def index(self) -> str:
+        return self._join("indexes", self.name)
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name (`tiny`, `smollm2-cpu`, ...) or a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        return path
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise FileNotFoundError(f"no preset {name_or_path!r}; presets: {known}; or give a YAML file")
+    return preset
+
+
+def load_config(name_or_path: str | Path) -> PipelineConfig:
+    """Load a preset, a YAML file or a YAML URI (s3://, where a remote job finds its config); an
+    unknown or mistyped key is an error that names it."""
+    from components import storage
+
+    if storage.is_remote(str(name_or_path)):
+        text = storage.read_bytes(str(name_or_path)).decode()
+    else:
+        text = preset_path(name_or_path).read_text()
+    return PipelineConfig.model_validate(yaml.safe_load(text) or {})
+
+
+def resolve_local_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """Make relative local paths absolute against `base` (where the user ran `onegen`): a Ray job
+    runs in a copy of the working directory, where a relative path would write into a temp dir."""
+
+    def absolute(location: str) -> str:
+        return location if "://" in location or Path(location).is_absolute() else str((base / location).resolve())
+
+    return cfg.model_copy(update={
+        "storage": cfg.storage.model_copy(update={"root": absolute(cfg.storage.root)}),
+        "data": cfg.data.model_copy(update={"dir": absolute(cfg.data.dir)}),
+    })
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
