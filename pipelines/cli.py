@@ -19,10 +19,10 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "index": ("index", "build a FAISS index of a corpus with a trained model"),
     "eval": (None, "evaluate in-stream retrieval and answers; log to MLflow"),
     "promote": (None, "register a model version and move @champion if it wins"),
-    "serve": (None, "deploy the Ray Serve app on the local Ray"),
+    "serve": ("serve", "deploy the Serve app (OpenAI-compatible HTTP) on the local Ray"),
     "ask": ("ask", "ask a question; print the answer and the retrieval trace"),
     "bench": ("bench", "run the benchmarks in bench/"),
-    "k8s": (None, "KubeRay: apply, submit-train, status, logs, delete"),
+    "k8s": ("k8s", "KubeRay: validate, apply, submit-train, status, logs, delete"),
 }
 
 

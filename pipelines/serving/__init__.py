@@ -1,0 +1,1 @@
+"""The Ray Serve application: OpenAI-compatible HTTP over the in-stream decoder."""

@@ -1,0 +1,312 @@
+"""The Ray Serve application: an OpenAI-compatible API over the in-stream decoder.
+
+One deployment is both the FastAPI ingress and the LLM replica (the model, the decoder, a request
+batcher), so a request costs no extra hop between actors. Each replica reserves a placement group
+of two bundles, STRICT_PACK: bundle 0 runs the replica, bundle 1 its FAISS actor.
+
+    serve run infra/serve.yaml            # or: onegen serve
+    import_path: pipelines.serving.app:build_app
+
+The model comes from the MLflow registry (`models:/onegen@champion`, index included) or a local
+model + index directory. With a registry alias the replica polls it and switches to the new
+version between batches: requests already decoding finish on the old model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from ray import serve
+
+from components.batcher import Batcher
+from components.config import FrozenConfig
+from components.decoder import Event, GenerationConfig, InStreamDecoder
+from components.model import OneGenModel
+from pipelines.serving import openai_api as api
+from pipelines.serving.faiss_actor import RemoteIndex
+
+
+class ServeArgs(FrozenConfig):
+    """The application's arguments (the `args:` of a Serve config)."""
+
+    model_uri: str | None = None  # models:/<name>@<alias> or models:/<name>/<version>
+    model_dir: str | None = None  # or a local OneGen model directory ...
+    index_dir: str | None = None  # ... and its index
+    served_name: str | None = None  # the `model` clients name; default: the registered name or the dir name
+    num_replicas: PositiveInt = 1
+    replica_cpus: PositiveFloat = 1.0
+    faiss_cpus: PositiveFloat = 0.5
+    max_batch: PositiveInt = 8
+    max_tokens_limit: PositiveInt = 512
+    poll_interval_s: float = Field(30.0, ge=0)  # follow the registry alias; 0: never
+    api_key_env: str | None = None  # name of the environment variable holding the bearer key
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServeArgs:
+        if (self.model_uri is None) == (self.model_dir is None):
+            raise ValueError("give exactly one of model_uri (models:/name@alias) and model_dir")
+        return self
+
+
+@dataclass
+class Loaded:
+    """One model version and everything built on it."""
+
+    version: str
+    model: OneGenModel
+    decoder: InStreamDecoder
+    index: RemoteIndex | None
+
+
+def load(args: ServeArgs, cpus: float) -> Loaded:
+    if args.model_uri is not None:
+        from components.registry import resolve
+
+        resolved = resolve(args.model_uri)
+        model_dir, index_dir, version = resolved.model_dir, resolved.index_dir, str(resolved.version)
+    else:
+        model_dir, index_dir, version = args.model_dir, args.index_dir, "local"
+    model = OneGenModel.from_pretrained(model_dir).eval()
+    index = RemoteIndex(str(index_dir), model.fingerprint(), cpus) if index_dir else None
+    return Loaded(version, model, InStreamDecoder(model, index), index)
+
+
+app = FastAPI(title="OneGen", description="One model that generates and retrieves: retrieval happens inside generation.")
+
+
+@app.exception_handler(api.ApiError)
+async def _api_error(request: Request, err: api.ApiError):
+    return err.response()
+
+
+@app.middleware("http")
+async def _authorize(request: Request, call_next):
+    """With an API key configured, every /v1 route needs it; checked before the body is read."""
+    key = getattr(request.app.state, "api_key", None)
+    if key is not None and request.url.path.startswith("/v1/") and request.headers.get("authorization", "") != f"Bearer {key}":
+        return api.ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", code="invalid_api_key").response()
+    return await call_next(request)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, err: RequestValidationError):
+    """FastAPI answers 422 with its own body; OpenAI clients expect 400 with theirs."""
+    first = err.errors()[0]
+    if first.get("type") == "json_invalid":
+        return api.ApiError(400, f"invalid JSON in the request body: {first.get('msg')}").response()
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    return api.ApiError(400, f"{param or 'body'}: {first.get('msg')}", param=param).response()
+
+
+# Helpers come before the deployment class: `serve.ingress` snapshots the app (and what its
+# routes reference) when the class is decorated, while this module is still being imported.
+
+
+def _default_name(args: ServeArgs) -> str:
+    if args.model_uri:
+        return args.model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    return Path(args.model_dir).name
+
+
+def _completion(event: Event, kind: str, model: str) -> dict:
+    g = event.generation
+    choice = {"index": 0, "finish_reason": g.finish_reason}
+    if kind == "chat.completion":
+        choice["message"] = {"role": "assistant", "content": g.text}
+    else:
+        choice["text"] = g.text
+    return {"id": api.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), "object": kind, "created": api.now(),
+            "model": model, "choices": [choice], "usage": api.usage(g.prompt_tokens, len(g.generated)),
+            "retrieval": [api.hop_json(i, h) for i, h in enumerate(g.hops, 1)]}  # fmt: skip
+
+
+async def _sse(events: asyncio.Queue, kind: str, model: str, prompt_tokens: int, options):
+    """Server-sent events: text deltas, one chunk per retrieval (its `retrieval` field), the end."""
+    import json
+
+    chat = kind == "chat.completion"
+    base = {"id": api.new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": api.now(), "model": model}  # fmt: skip
+
+    def chunk(delta: str | None = None, finish: str | None = None, **extra) -> str:
+        choice = {"index": 0, "finish_reason": finish}
+        if chat:
+            choice["delta"] = {"content": delta} if delta is not None else {}
+        else:
+            choice["text"] = delta or ""
+        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+
+    if chat:
+        yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant'}, 'finish_reason': None}]})}\n\n"
+    hops = 0
+    while True:
+        event = await events.get()
+        if isinstance(event, BaseException):  # the answer cannot finish: say so in the stream
+            yield f"data: {json.dumps({'error': {'message': f'generation failed: {event}', 'type': 'server_error'}})}\n\n"
+            break
+        if event.kind == "text":
+            yield chunk(event.text)
+        elif event.kind == "hop":
+            hops += 1
+            yield chunk(retrieval=api.hop_json(hops, event.hop))
+        elif event.kind == "done":
+            g = event.generation
+            yield chunk(finish=g.finish_reason)
+            if options is not None and options.include_usage:
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': api.usage(prompt_tokens, len(g.generated))})}\n\n"
+            break
+    yield "data: [DONE]\n\n"
+
+
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30, max_ongoing_requests=64)
+@serve.ingress(app)
+class OneGenServer:
+    def __init__(self, args: dict):
+        self.args = ServeArgs.model_validate(args)
+        self.current = load(self.args, self.args.faiss_cpus)
+        self.served_name = self.args.served_name or _default_name(self.args)
+        self.batcher = Batcher(lambda: self.current.decoder, max_batch=self.args.max_batch).start()
+        app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
+        self._stop = threading.Event()
+        if self.args.model_uri and self.args.poll_interval_s > 0:
+            threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
+
+    # -- model versions ------------------------------------------------------------------------
+
+    def _follow_alias(self) -> None:
+        from components.registry import current_version
+
+        while not self._stop.wait(self.args.poll_interval_s):
+            try:
+                if str(current_version(self.args.model_uri)) != self.current.version:
+                    self.current = load(self.args, self.args.faiss_cpus)  # batches pick it up as they start
+            except Exception as err:  # a registry hiccup must not take the replica down
+                print(f"onegen: could not follow {self.args.model_uri}: {err!r}", flush=True)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """`serve deploy` with a new user_config (e.g. {"model_uri": ...}) swaps the model now."""
+        if user_config:
+            self.args = self.args.model_copy(update=user_config)
+            self.current = load(self.args, self.args.faiss_cpus)
+
+    def check_health(self) -> None:
+        """Serve restarts a replica whose decode loop died."""
+        if not self.batcher.healthy:
+            raise RuntimeError("the decode loop is not running")
+
+    def __del__(self):
+        self._stop.set()
+        self.batcher.stop(timeout=1)
+
+    # -- routes --------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version}
+
+    @app.get("/v1/models")
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.served_name, "object": "model", "created": 0, "owned_by": "onegen",
+                                            "version": self.current.version}]}  # fmt: skip
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: api.ChatCompletionRequest):
+        model = self.current.model
+        prompt = model.encoder.prompt([m.model_dump() for m in body.messages])
+        return await self._generate(body, prompt, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, body: api.CompletionRequest):
+        prompt = self.current.model.encoder.text(body.prompt)
+        return await self._generate(body, prompt, chat=False)
+
+    @app.post("/v1/embeddings")
+    def embeddings(self, body: api.EmbeddingRequest) -> dict:
+        self._check_model(body.model)
+        model = self.current.model
+        vectors = (model.embed_queries if body.input_type == "query" else model.embed_documents)(body.texts).numpy()
+        tokens = sum(len(model.encoder.text(t)) for t in body.texts)
+        return {"object": "list", "model": self.served_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [api.embedding_json(v, i, body.encoding_format) for i, v in enumerate(vectors)]}  # fmt: skip
+
+    @app.post("/v1/search")
+    def search(self, body: api.SearchRequest) -> dict:
+        if body.model is not None:
+            self._check_model(body.model)
+        current = self.current
+        if current.index is None:
+            raise api.ApiError(400, "this server has no index to search", code="no_index")
+        hits = current.index.search(current.model.embed_queries([body.query]).numpy(), body.k)[0]
+        return {"object": "list", "model": self.served_name,
+                "data": [{"id": h.doc_id, "title": h.title, "text": h.text, "score": h.score} for h in hits]}  # fmt: skip
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int], chat: bool):
+        self._check_model(body.model)
+        config = self._config(body, len(prompt))
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        kind = "chat.completion" if chat else "text_completion"
+        if body.stream:
+            stream = _sse(events, kind, self.served_name, len(prompt), body.stream_options)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        while True:
+            event = await events.get()
+            if isinstance(event, BaseException):
+                raise event
+            if event.kind == "done":
+                return _completion(event, kind, self.served_name)
+
+    def _config(self, body, prompt_tokens: int) -> GenerationConfig:
+        limit = self.args.max_tokens_limit
+        max_tokens = body.max_completion_tokens or body.max_tokens or limit
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        if max_tokens > limit:
+            raise api.ApiError(400, f"{param} is {max_tokens}; this server allows at most {limit}", param=param)
+        context = self.current.decoder.max_context
+        if context and prompt_tokens + max_tokens > context:
+            raise api.ApiError(
+                400, f"this model's maximum context length is {context} tokens; the prompt has {prompt_tokens} "
+                f"and {param} asks for {max_tokens} more", param="messages" if hasattr(body, "messages") else "prompt",
+                code="context_length_exceeded",
+            )
+        r = body.retrieval
+        return GenerationConfig(
+            max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+            stop=body.stops, retrieval=r.enabled, top_k=r.top_k, max_retrievals=r.max_retrievals,
+        )
+
+    def _check_model(self, name: str) -> None:
+        if name != self.served_name:
+            raise api.ApiError(404, f"the model {name!r} does not exist; this server serves {self.served_name!r}",
+                               param="model", code="model_not_found")  # fmt: skip
+
+
+def deployment(args: dict, runtime_env: dict | None = None) -> serve.Application:
+    """The bound application: one placement group per replica, replica in bundle 0, FAISS in 1."""
+    cfg = ServeArgs.model_validate(args)
+    actor_options = {"num_cpus": cfg.replica_cpus}  # all of bundle 0
+    if runtime_env:
+        actor_options["runtime_env"] = runtime_env
+    return OneGenServer.options(
+        num_replicas=cfg.num_replicas,
+        ray_actor_options=actor_options,
+        placement_group_bundles=[{"CPU": cfg.replica_cpus}, {"CPU": cfg.faiss_cpus}],
+        placement_group_strategy="STRICT_PACK",
+    ).bind(cfg.model_dump())
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application builder named by the Serve config's import_path."""
+    return deployment(args)

@@ -1,0 +1,123 @@
+"""The HTTP API's shapes, OpenAI-compatible so that the official `openai` client works unchanged,
+plus OneGen's extensions: generation requests take `retrieval` options, responses carry the
+retrieval trace, and there is `/v1/search`. Errors use OpenAI's body:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from components.decoder import Hop
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class ApiError(Exception):
+    """A request the server refuses, with the status and OpenAI error fields to answer with."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not silently ignored
+
+
+class RetrievalOptions(_Request):
+    enabled: bool = True
+    top_k: int = Field(1, ge=1, le=8)  # passages inserted per hop
+    max_retrievals: int = Field(4, ge=0, le=16)
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Generation(_Request):
+    model: NonEmpty
+    max_tokens: int | None = Field(None, gt=0)  # None: the server's limit
+    max_completion_tokens: int | None = Field(None, gt=0)  # the newer OpenAI name for max_tokens
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1  # one choice per request
+    user: str | None = None
+    retrieval: RetrievalOptions = RetrievalOptions()
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant"]
+    content: NonEmpty
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Generation):
+    prompt: NonEmpty
+
+
+class EmbeddingRequest(_Request):
+    model: NonEmpty
+    input: NonEmpty | list[NonEmpty] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    input_type: Literal["query", "document"] = "query"  # OneGen: [RQ] or [RD] vectors
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class SearchRequest(_Request):
+    query: NonEmpty
+    k: int = Field(5, ge=1, le=100)
+    model: str | None = None
+
+
+# -- responses (plain dicts: the shapes OpenAI's client parses) ---------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def hop_json(number: int, hop: Hop) -> dict[str, Any]:
+    return {"hop": number, "step": hop.step, "doc_ids": hop.doc_ids, "titles": hop.titles, "scores": hop.scores}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def embedding_json(vector: np.ndarray, index: int, encoding: str) -> dict[str, Any]:
+    data = base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64" else vector.tolist()
+    return {"object": "embedding", "index": index, "embedding": data}
+
+
+def now() -> int:
+    return int(time.time())
