@@ -67,7 +67,7 @@ class Loaded:
     index: RemoteIndex | None
 
 
-def load(args: ServeArgs, cpus: float) -> Loaded:
+def load(args: ServeArgs, cpus: float, name: str | None = None) -> Loaded:
     if args.model_uri is not None:
         from components.registry import resolve
 
@@ -76,7 +76,7 @@ def load(args: ServeArgs, cpus: float) -> Loaded:
     else:
         model_dir, index_dir, version = args.model_dir, args.index_dir, "local"
     model = OneGenModel.from_pretrained(model_dir).eval()
-    index = RemoteIndex(str(index_dir), model.fingerprint(), cpus) if index_dir else None
+    index = RemoteIndex(str(index_dir), model.fingerprint(), cpus, name) if index_dir else None
     return Loaded(version, model, InStreamDecoder(model, index), index)
 
 
@@ -172,7 +172,9 @@ async def _sse(events: asyncio.Queue, kind: str, model: str, prompt_tokens: int,
 class OneGenServer:
     def __init__(self, args: dict):
         self.args = ServeArgs.model_validate(args)
-        self.current = load(self.args, self.args.faiss_cpus)
+        self.faiss_name = f"onegen-faiss-{serve.get_replica_context().replica_id.unique_id}"
+        self.loads = 0
+        self.current = self._load()
         self.served_name = self.args.served_name or _default_name(self.args)
         self.batcher = Batcher(lambda: self.current.decoder, max_batch=self.args.max_batch).start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
@@ -182,13 +184,18 @@ class OneGenServer:
 
     # -- model versions ------------------------------------------------------------------------
 
+    def _load(self) -> Loaded:
+        """A version's model and index; its FAISS actor is named for this replica and load."""
+        self.loads += 1
+        return load(self.args, self.args.faiss_cpus, f"{self.faiss_name}-{self.loads}")
+
     def _follow_alias(self) -> None:
         from components.registry import current_version
 
         while not self._stop.wait(self.args.poll_interval_s):
             try:
                 if str(current_version(self.args.model_uri)) != self.current.version:
-                    self.current = load(self.args, self.args.faiss_cpus)  # batches pick it up as they start
+                    self.current = self._load()  # batches pick it up as they start
             except Exception as err:  # a registry hiccup must not take the replica down
                 print(f"onegen: could not follow {self.args.model_uri}: {err!r}", flush=True)
 
@@ -196,7 +203,7 @@ class OneGenServer:
         """`serve deploy` with a new user_config (e.g. {"model_uri": ...}) swaps the model now."""
         if user_config:
             self.args = self.args.model_copy(update=user_config)
-            self.current = load(self.args, self.args.faiss_cpus)
+            self.current = self._load()
 
     def check_health(self) -> None:
         """Serve restarts a replica whose decode loop died."""

@@ -8,6 +8,7 @@ search never crosses the network. If the actor dies, `RemoteIndex` makes a new o
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -29,14 +30,15 @@ class FaissSearcher:
 
     def info(self) -> dict:
         return {"documents": self.index.ntotal, "dimension": self.index.dimension, "kind": self.index.kind,
-                "node_id": ray.get_runtime_context().get_node_id()}  # fmt: skip
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
 
 
 class RemoteIndex:
     """The decoder's `Index`, answered by a FaissSearcher; recreated if it dies."""
 
-    def __init__(self, index_dir: str, fingerprint: str, num_cpus: float = 0.5):
+    def __init__(self, index_dir: str, fingerprint: str, num_cpus: float = 0.5, name: str | None = None):
         self.index_dir, self.fingerprint, self.num_cpus = index_dir, fingerprint, num_cpus
+        self.name = name  # e.g. onegen-faiss-<replica>: findable with `ray list actors`
         self._lock = threading.Lock()
         self.restarts = 0
         self.actor = self._start()
@@ -44,7 +46,8 @@ class RemoteIndex:
 
     def _start(self):
         pg = get_current_placement_group()  # the replica's own group, when it has one
-        options = {"num_cpus": self.num_cpus}
+        # A new name per start: a dead actor's name may not be free again at once.
+        options = {"num_cpus": self.num_cpus, "name": f"{self.name}-{self.restarts}" if self.name else None}
         if pg is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=1)
         return FaissSearcher.options(**options).remote(self.index_dir, self.fingerprint)
@@ -56,6 +59,6 @@ class RemoteIndex:
         except RayActorError:
             with self._lock:  # one new actor, however many threads saw the old one die
                 if self.actor is actor:
-                    self.actor = self._start()
                     self.restarts += 1
+                    self.actor = self._start()
             return ray.get(self.actor.search.remote(queries, k))

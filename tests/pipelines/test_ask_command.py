@@ -14,18 +14,30 @@ def saved(trained_tiny, tmp_path_factory):
     return root
 
 
-def test_ask_prints_the_answer_and_the_passages_retrieved_mid_answer(saved, capsys):
-    assert main(["ask", "What is the green cat called?", "--model", str(saved / "model"), "--index", str(saved / "index")]) == 0
+def expected(trained_tiny, question: str):
+    """The in-process answer of the same weights, which the command must print."""
+    from components.decoder import GenerationConfig, InStreamDecoder
+
+    model = trained_tiny.model
+    decoder = InStreamDecoder(model, build_index(model, trained_tiny.corpus))
+    return decoder.generate([model.encoder.prompt([{"role": "user", "content": question}])], GenerationConfig())[0]
+
+
+def test_ask_prints_the_answer_and_the_passages_retrieved_mid_answer(saved, trained_tiny, capsys):
+    question = "What is the green cat called?"
+    assert main(["ask", question, "--model", str(saved / "model"), "--index", str(saved / "index")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("Checking.") and "[RQ]" not in lines[0]
-    assert lines[1].startswith("  retrieval 1 after token ") and "[d8]" in lines[1]  # d8: the green cat
+    want = expected(trained_tiny, question)
+    assert lines[0] == want.text and "[RQ]" not in lines[0]
+    assert lines[1].startswith(f"  retrieval 1 after token {want.hops[0].step}: ") and f"[{want.hops[0].doc_ids[0]}]" in lines[1]
     assert "tokens in" in lines[-1]
 
 
-def test_ask_json_carries_the_trace(saved, capsys):
-    assert main(["ask", "What is the red dog called?", "--model", str(saved / "model"), "--index", str(saved / "index"), "--json"]) == 0
+def test_ask_json_carries_the_trace(saved, trained_tiny, capsys):
+    question = "What is the red dog called?"
+    assert main(["ask", question, "--model", str(saved / "model"), "--index", str(saved / "index"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["hops"][0]["doc_ids"] == ["d1"] and out["finish_reason"] == "stop"
+    assert out["hops"][0]["doc_ids"] == expected(trained_tiny, question).hops[0].doc_ids and out["finish_reason"] == "stop"
     assert set(out["timings"]) == {"prefill_s", "decode_s", "search_s", "total_s"}
 
 

@@ -1,0 +1,9 @@
+"""ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.promote --config FILE"""
+
+import sys
+
+from pipelines.jobs import run_stage
+from pipelines.promote import promote
+
+if __name__ == "__main__":
+    sys.exit(run_stage("promote", promote))
