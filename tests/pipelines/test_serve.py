@@ -189,12 +189,12 @@ def test_a_killed_faiss_actor_is_recreated(server, client, in_process, ray_clust
 
 
 @pytest.mark.timeout(300)
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     st = Path(os.sys.executable).parent / "st"
     result = subprocess.run(
         [str(st), "run", f"{server}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
          "--header", f"Authorization: Bearer {KEY}", "--request-timeout", "60", "--no-color"],
-        capture_output=True, text=True, timeout=280,
+        capture_output=True, text=True, timeout=280, cwd=tmp_path,  # its example database goes there
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
