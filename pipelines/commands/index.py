@@ -1,10 +1,11 @@
 """`onegen index`: build a FAISS index of a corpus with a trained model, or search one.
 
+    onegen index --config PRESET [--address URL] [--no-wait]     the index stage, as a Ray job
     onegen index build --model DIR --corpus JSONL --out DIR [--kind flat|ivf|hnsw] [--batch-size N]
     onegen index search --index DIR --model DIR "query text" [-k 5]
 
-This is the in-process path (components.index.build_index); the Ray Data stage builds the same
-index from vectors embedded by an actor pool.
+`build` and `search` are the in-process path (components.index.build_index); the stage
+(pipelines/index.py) builds the same index from vectors embedded by a Ray Data actor pool.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import get_args
 from components.dataset import load_corpus
 from components.index import DocumentIndex, IndexConfig, IndexFileError, IndexMismatchError, Kind, build_index
 from components.model import OneGenModel
+from pipelines.jobs import add_submit_arguments, submit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add_submit_arguments(parser)  # with no ACTION, --config submits the stage
+    actions = parser.add_subparsers(dest="action", required=False, metavar="ACTION")
     build = actions.add_parser("build", help="embed a corpus with a model and save its index")
     build.add_argument("--model", type=Path, required=True, help="a OneGen model directory (save_pretrained)")
     build.add_argument("--corpus", type=Path, required=True, help="documents JSONL, one {id, title, text} a line")
@@ -37,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action is None:
+        if args.config is None:
+            print("onegen index: give --config PRESET (submit the stage) or an action: build, search", file=sys.stderr)
+            return 2
+        return submit("index", args.config, args.address, wait=not args.no_wait)
+    if args.config is not None:
+        print(f"onegen index {args.action}: runs in-process and takes no --config; drop it, or drop the action to submit the stage",
+              file=sys.stderr)
+        return 2
     try:
         return _build(args) if args.action == "build" else _search(args)
     except (FileNotFoundError, IndexFileError, IndexMismatchError) as err:

@@ -1,0 +1,9 @@
+"""ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.evaluate --config FILE"""
+
+import sys
+
+from pipelines.evaluate import evaluate
+from pipelines.jobs import run_stage
+
+if __name__ == "__main__":
+    sys.exit(run_stage("evaluate", evaluate))
