@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from components import special_tokens as st
 from components.config import FrozenConfig
@@ -121,8 +122,10 @@ class _Row:
     wants_vector: bool = False  # the pending token is a RET token whose state is needed
     mention_start: int = 0  # generated-token index after the previous [EL]
     mention: tuple[int, int] = (0, 0)  # generated-token span of the mention the pending [EL] links
+    text: str = ""  # the answer so far (final once the row finishes)
     emitted: str = ""  # text already streamed
-    text: str = ""  # the final answer, set when the row finishes
+    prefix_offset: int = 0  # incremental detokenisation: tokens before read_offset whose text is
+    read_offset: int = 0  # known, and where new text starts (the method vLLM uses)
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"prefill_s": 0.0, "decode_s": 0.0, "search_s": 0.0})
@@ -137,9 +140,11 @@ class InStreamDecoder:
         entity_index: Index | None = None,
         query_encoder: QueryEncoder | None = None,
     ):
-        expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
         for name, idx in (("index", index), ("entity_index", entity_index)):
-            if idx is not None and idx.fingerprint != expected:
+            if idx is None:
+                continue
+            expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
+            if idx.fingerprint != expected:
                 raise ValueError(
                     f"{name} was built by another model (fingerprint {idx.fingerprint}, the query "
                     f"encoder's {expected}): its vectors are not comparable; rebuild it with this model"
@@ -177,6 +182,7 @@ class InStreamDecoder:
         live = list(rows)  # rows still decoding, in cache-batch order
         while live:
             hidden, logits, mask, seconds = self._forward(live, cache, mask)
+            mask = _compact(cache, mask)
             events = self._advance(live, hidden, logits, seconds)
             finished = [r for r in live if r.finish_reason is not None]
             for row in finished:
@@ -251,12 +257,11 @@ class InStreamDecoder:
 
     def _sample(self, row: _Row, logits: torch.Tensor) -> int:
         cfg = row.cfg
-        if cfg.logit_bias:
-            logits = logits.clone()
-            for tid, bias in cfg.logit_bias.items():
-                logits[tid] += bias
+        if cfg.logit_bias or cfg.retrieval:
+            logits = logits.clone()  # one copy, edited in place below
+        for tid, bias in cfg.logit_bias.items():
+            logits[tid] += bias
         if cfg.retrieval:  # the system inserts these; the model never writes them
-            logits = logits.clone()
             logits[self.system_ids] = float("-inf")
             if cfg.mode == "rag" and not self._retrieving(row):
                 logits[self.query_id] = float("-inf")
@@ -275,23 +280,36 @@ class InStreamDecoder:
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
     def _check_finished(self, row: _Row, token: int) -> list[Event]:
-        text = self._text(row)
-        stop_at = find_stop(text, row.cfg.stop)
+        row.text += self._new_text(row)
+        stop_at = find_stop(row.text, row.cfg.stop)
         if stop_at >= 0:
-            text, row.finish_reason = text[:stop_at], "stop"
+            row.finish_reason = "stop"
         elif token in self.stop_ids or token in row.cfg.stop_token_ids:
             row.finish_reason = "stop"
         elif len(row.generated) >= row.cfg.max_new_tokens or not self._fits(row):
             row.finish_reason = "length"
         if row.finish_reason:
-            row.text = text
-            safe = text
-        else:  # hold back what may still change: a split character, the start of a stop string
-            safe = _hold_back(text.rstrip("\ufffd"), row.cfg.stop)
+            row.text = self._text(row)  # once, whole: exact at every boundary
+            stop_at = find_stop(row.text, row.cfg.stop)
+            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
+            safe = row.text
+        else:  # hold back what may still change: the start of a stop string
+            safe = _hold_back(row.text, row.cfg.stop)
         if safe.startswith(row.emitted) and len(safe) > len(row.emitted):
             delta, row.emitted = safe[len(row.emitted) :], safe
             return [Event(row.index, "text", text=delta)]
         return []
+
+    def _new_text(self, row: _Row) -> str:
+        """Text the newest token completes, decoding a short window instead of the whole answer
+        (which grows quadratically). Held back while it ends inside a multi-byte character."""
+        decode = self.model.tokenizer.decode
+        before = decode(row.generated[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+        after = decode(row.generated[row.prefix_offset :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        row.prefix_offset, row.read_offset = row.read_offset, len(row.generated)
+        return after[len(before) :]
 
     def _fits(self, row: _Row) -> bool:
         return not self.max_context or row.length + len(row.pending) <= self.max_context
@@ -304,10 +322,10 @@ class InStreamDecoder:
             if not group:
                 continue
             index = self.index if mode == "rag" else self.entity_index
+            started = time.perf_counter()  # a baseline's query encoding counts as search time
             vectors = self._query_vectors(group, hidden)
             # Ask for enough hits that passages already inserted in an answer can be skipped.
             k = max(r.cfg.top_k + len(r.inserted) for _, r in group) if mode == "rag" else 1
-            started = time.perf_counter()
             results = index.search(vectors, k)
             seconds = time.perf_counter() - started
             for (_, row), hits, vector in zip(group, results, vectors):
@@ -336,6 +354,8 @@ class InStreamDecoder:
         row.stream += chunk
         if not self._fits(row):  # no room for the passage: the answer ends here
             row.finish_reason, row.text = "length", self._text(row)
+            stop_at = find_stop(row.text, row.cfg.stop)
+            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
         return Event(row.index, "hop", hop=hop)
 
     def _link(self, row: _Row, hits: list) -> Event:
@@ -381,3 +401,26 @@ def _hold_back(text: str, stops: Sequence[str]) -> str:
     """`text` without a tail that could be the start of a stop string."""
     cut = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
     return text[: len(text) - cut]
+
+
+# A step feeds rows different numbers of tokens, so the shorter ones get padding slots in the KV
+# cache that stay masked for good. Once more than this share of the cache is padding, each row's
+# real entries are moved to the right end: attention depends only on the mask and on the keys,
+# which carry their rotary position already, so the result is unchanged.
+COMPACT_AT = 0.5
+
+
+def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop padding slots shared by the whole batch; returns the new attention mask."""
+    width = int(mask.sum(1).max())
+    if mask.numel() == 0 or 1 - mask.sum().item() / mask.numel() <= COMPACT_AT or width == mask.shape[1]:
+        return mask
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # sliding windows etc.: leave as is
+        return mask
+    # Stable sort puts each row's padding first and its real slots last, both in order.
+    keep = torch.argsort(mask, dim=1, stable=True)[:, -width:]
+    for layer in cache.layers:
+        index = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layer.keys = torch.gather(layer.keys, 2, index)
+        layer.values = torch.gather(layer.values, 2, index)
+    return torch.gather(mask, 1, keep)

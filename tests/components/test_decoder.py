@@ -216,3 +216,31 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
     passage = len(model.encoder.passage(index.corpus[out.hops[0].doc_ids[0]]))
     # prompt; [RQ] (its state is the query: no extra pass); the passage in one chunk; then single tokens
     assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
+
+
+def test_compacting_the_cache_changes_nothing_but_its_width(trained, monkeypatch):
+    import components.decoder as decoder_module
+
+    tt, index, prompts = trained
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 5, 6)]  # lead-ins of different lengths: staggered hops
+    widths = []
+    real_compact = decoder_module._compact
+
+    def spy(cache, mask):
+        mask = real_compact(cache, mask)
+        widths.append(mask.shape[1])
+        return mask
+
+    monkeypatch.setattr(decoder_module, "_compact", spy)
+    results = {}
+    for threshold in (1.0, 0.0):  # never, always
+        monkeypatch.setattr(decoder_module, "COMPACT_AT", threshold)
+        widths.clear()
+        results[threshold] = (InStreamDecoder(tt.model, index).generate(chosen, GenerationConfig(max_new_tokens=24)), max(widths))
+    (never, never_width), (always, always_width) = results[1.0], results[0.0]
+    for a, b in zip(never, always):
+        assert (a.generated, a.stream) == (b.generated, b.stream)
+        for ha, hb in zip(a.hops, b.hops):
+            assert float(ha.vector @ hb.vector) >= 0.9999
+    longest = max(len(p) + len(g.stream) for p, g in zip(chosen, always))
+    assert always_width <= longest < never_width  # no slot wasted beyond the longest row
