@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -65,13 +66,22 @@ class PipelineRAG:
     append the passage; call the generator again on everything. Batch of one, like the pipelines
     it stands for."""
 
-    def __init__(self, generator: OneGenModel, index: Index, query_encoder: LMQueryEncoder | MiniLMQueryEncoder):
+    def __init__(
+        self,
+        generator: OneGenModel,
+        index: Index,
+        query_encoder: LMQueryEncoder | MiniLMQueryEncoder,
+        query_from: Literal["sub_question", "context"] = "sub_question",
+    ):
+        """`query_from`: what the retriever reads: the sub-question just written, or the whole
+        text so far (what OneGen's research code feeds its second pass)."""
         if index.fingerprint != query_encoder.fingerprint:
             raise ValueError(f"the index was built by {index.fingerprint}, not by the query encoder {query_encoder.fingerprint}")
         self.generator = generator
         self.decoder = InStreamDecoder(generator)  # no index: [RQ] is a token it stops on
         self.index = index
         self.query_encoder = query_encoder
+        self.query_from = query_from
 
     def generate(self, prompt: Sequence[int], cfg: GenerationConfig = GenerationConfig()) -> Generation:
         started = time.perf_counter()
@@ -96,8 +106,9 @@ class PipelineRAG:
             if len(generated) >= cfg.max_new_tokens:  # [RQ] was the last token allowed: no room to use it
                 finish = "length"
                 break
-            # The string round trip: the sub-question as text, encoded by the other model.
-            question = self.generator.tokenizer.decode(part.generated, skip_special_tokens=True).strip()
+            # The string round trip: text, encoded by the other model.
+            read = part.generated if self.query_from == "sub_question" else tokens
+            question = self.generator.tokenizer.decode(read, skip_special_tokens=True).strip()
             search_started = time.perf_counter()
             vector = self.query_encoder([question])
             hits = self.index.search(vector, cfg.top_k + len(inserted))[0]

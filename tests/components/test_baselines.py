@@ -104,3 +104,17 @@ def test_pipeline_with_minilm_retrieves_from_text(setup, small_corpus):
     prompt = model.encoder.prompt([{"role": "user", "content": "What is the green cat called?"}])
     out = PipelineRAG(model, index, minilm).generate(prompt, CFG)
     assert len(out.hops) == 1 and out.hops[0].doc_ids[0] in small_corpus
+
+
+def test_pipeline_can_feed_its_retriever_the_whole_text_as_the_research_code_does(setup):
+    model, index, prompts = setup
+    seen = []
+
+    class Spy(LMQueryEncoder):
+        def __call__(self, texts):
+            seen.extend(texts)
+            return super().__call__(texts)
+
+    PipelineRAG(model, index, Spy(model), query_from="context").generate(prompts[2], CFG)
+    whole = model.tokenizer.decode(prompts[2], skip_special_tokens=True)
+    assert seen[0].startswith(whole.strip()[:40]) and seen[0].endswith("I will search the records for this one first.")
