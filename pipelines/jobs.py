@@ -73,12 +73,12 @@ def write_job_config(cfg: PipelineConfig, stage: str) -> str:
     return str(path)
 
 
-def submit(stage: str, config: str, address: str, wait: bool = True) -> int:
-    """Submit `ray_jobs.<stage>` with `config`; with `wait`, stream its logs and return 0 only if it
-    succeeded."""
+def submit(stage: str, config: str | PipelineConfig, address: str, wait: bool = True) -> int:
+    """Submit `ray_jobs.<stage>` with `config` (a preset, a file, or a config); with `wait`, stream
+    its logs and return 0 only if it succeeded."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    cfg = resolve_local_paths(load_config(config), Path.cwd())
+    cfg = resolve_local_paths(config if isinstance(config, PipelineConfig) else load_config(config), Path.cwd())
     path = write_job_config(cfg, stage)
     client = JobSubmissionClient(address)
     job_id = client.submit_job(

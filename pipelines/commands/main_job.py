@@ -1,24 +1,24 @@
-"""`onegen main`: the README's first command. Runs the pipeline's stages in order on the embedded
-default; stages that are not built yet are named, not faked."""
+"""`onegen main`: the README's first command. The whole pipeline on one machine: the local stack,
+the data, then prepare, train, index, evaluate and promote as Ray jobs, and a final table."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
-
-PENDING = ["train (Ray Train + DeepSpeed)", "index (Ray Data)", "evaluate", "promote (MLflow)"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path("data"), help="where the datasets are written")
+    parser.add_argument("--config", default="smollm2-cpu", help="a preset (smollm2-cpu: ~15 min; smollm2-cpu-long: hours) or a YAML file")
+    parser.add_argument("--stack-config", type=Path, default=Path("infra/stack.yaml"), help="ports and state dir of the local stack")
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.datasets.build import build_datasets
+    from pipelines.main_job import final_table, run_main
 
-    started = time.perf_counter()
-    print("== stage 1/5: data build (FanOutQA dev + vital articles + inverse cloze)", flush=True)
-    print(build_datasets(args.data).summary(), flush=True)
-    print(f"== done in {time.perf_counter() - started:.0f}s. Not built yet, so not run: {', '.join(PENDING)}.")
+    report = run_main(args.config, args.stack_config if args.stack_config.is_file() else None)
+    print(final_table(report), flush=True)
+    if report.failed:
+        print(f"\nthe {report.failed} stage failed; its log is above", file=sys.stderr)
+        return 1
     return 0

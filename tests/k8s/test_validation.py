@@ -192,7 +192,7 @@ def test_a_mistake_that_only_the_rendered_overlay_shows(tree, schemas, fake_repo
     only(found, "overlays/dev-cpu (rendered)", "RayJob/onegen-train", "requests.cpu 8 > limits.cpu 4")
 
 
-def test_the_command_line_entry_takes_a_schema_directory(tree, fake_repo, capsys):
+def test_the_command_line_entry_takes_a_schema_directory(tree, fake_repo, schemas, capsys):
     edit(tree / "base/rayjob-train.yaml", lambda d: d[0]["spec"].update(submissionMode="Batch"))
     code = k8s_validation.main([str(tree), "--schemas", str(k8s_validation.DEFAULT_SCHEMAS), "--no-render"])
     out = capsys.readouterr().out
