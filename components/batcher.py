@@ -80,11 +80,14 @@ class Batcher:
             raise
 
     def _decode(self, batch: list[Request]) -> None:
-        """One batch; a failure is delivered to its requests and does not stop the loop."""
+        """One batch. A failure is delivered to its requests; an ordinary one does not stop the
+        loop, a fatal one (not an Exception) does, and `healthy` then says so."""
         self.batches += 1
         try:
             for event in self.decoder().stream([r.prompt for r in batch], [r.config for r in batch]):
                 batch[event.row].deliver(event)
-        except Exception as err:
+        except BaseException as err:
             for request in batch:
                 request.deliver(err)
+            if not isinstance(err, Exception):
+                raise

@@ -44,6 +44,12 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def generation_only(self) -> Batch:
+        """The same generation rows with no queries and no documents: plain LM training."""
+        none = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return Batch(self.input_ids, self.attention_mask, self.labels, none, none, empty, empty, none, none, none, empty, empty)
+
     @property
     def num_tokens(self) -> int:
         """Real (unpadded) tokens in the batch, generation and document rows."""

@@ -57,6 +57,22 @@ class OptimConfig(FrozenConfig):
     seed: int = 0
 
 
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+class IndexConfig(FrozenConfig):
+    kind: IndexKind = "flat"  # flat: exact; ivf, hnsw: approximate, faster on large corpora
+    # IVF: the vectors are split into nlist cells by k-means; a query scans the nprobe nearest.
+    # nlist None: 4·√n, at most n/39 (at least 1). An nlist given with fewer than 39·nlist vectors
+    # is an error rather than silently changed.
+    nlist: PositiveInt | None = None
+    nprobe: PositiveInt = 32
+    # HNSW: links per node, and the candidate list sizes when building and when searching.
+    hnsw_m: PositiveInt = 32
+    ef_construction: PositiveInt = 100
+    ef_search: PositiveInt = 128
+
+
 class TrainConfig(FrozenConfig):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import NonNegativeInt, PositiveInt
 from tqdm import tqdm
 
-from components.config import FrozenConfig
+from components.config import FrozenConfig, IndexConfig, IndexKind as Kind
 from components.corpus import Corpus
 from components.schema import Document
 
@@ -45,7 +45,6 @@ UNIT_TOLERANCE = 1e-2
 # FAISS k-means warns below 39 training points per centroid: the cells are then poorly placed.
 MIN_POINTS_PER_CELL = 39
 
-Kind = Literal["flat", "ivf", "hnsw"]
 T = TypeVar("T")
 
 
@@ -55,19 +54,6 @@ class IndexMismatchError(ValueError):
 
 class IndexFileError(ValueError):
     """A file of a saved index is corrupt or disagrees with the manifest; the message names it."""
-
-
-class IndexConfig(FrozenConfig):
-    kind: Kind = "flat"  # flat: exact; ivf, hnsw: approximate, faster on large corpora
-    # IVF: the vectors are split into nlist cells by k-means; a query scans the nprobe nearest.
-    # nlist None: 4·√n, at most n/39 (at least 1). An nlist given with fewer than 39·nlist vectors
-    # is an error rather than silently changed.
-    nlist: PositiveInt | None = None
-    nprobe: PositiveInt = 32
-    # HNSW: links per node, and the candidate list sizes when building and when searching.
-    hnsw_m: PositiveInt = 32
-    ef_construction: PositiveInt = 100
-    ef_search: PositiveInt = 128
 
 
 class Manifest(FrozenConfig):

@@ -119,6 +119,8 @@ def train(
             break
         step += 1
         started = time.perf_counter()
+        if loss_cfg.lambda_ret == 0:  # no retrieval loss: no document rows to embed either
+            batch = batch.generation_only()
         if device is not None:
             batch = batch.to(device)
         out = model(batch)

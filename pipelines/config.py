@@ -14,8 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from components.config import FrozenConfig, TrainConfig
-from components.index import IndexConfig
+from components.config import FrozenConfig, IndexConfig, TrainConfig
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -90,8 +89,14 @@ class PromoteConfig(FrozenConfig):
     min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by more than this
 
 
+PLAIN_LM_SUFFIX = "-plain-lm"
+
+
 class PipelineConfig(FrozenConfig):
     name: str = Field("onegen", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run everywhere
+    # "plain_lm": the baseline that evaluate compares generation with: the same prepared rows and
+    # steps, next-token loss only (λ_ret = 0, no document rows), its own run, checkpoints and model.
+    variant: Literal["onegen", "plain_lm"] = "onegen"
     storage: StorageConfig = StorageConfig()
     mlflow: MLflowConfig = MLflowConfig()
     data: DataConfig = DataConfig()
@@ -103,15 +108,26 @@ class PipelineConfig(FrozenConfig):
     promote: PromoteConfig = PromoteConfig()
 
     @property
+    def run_name(self) -> str:
+        """Names the MLflow run, the checkpoints and the model: the variant's own."""
+        return self.name + (PLAIN_LM_SUFFIX if self.variant == "plain_lm" else "")
+
+    @property
     def paths(self) -> Paths:
-        return Paths(self.storage.root.rstrip("/"), self.name)
+        return Paths(self.storage.root.rstrip("/"), self.name, self.run_name)
+
+    def plain_lm(self) -> PipelineConfig:
+        """This pipeline's plain-LM baseline (see `variant`)."""
+        loss = self.train.loss.model_copy(update={"lambda_ret": 0.0})
+        return self.model_copy(update={"variant": "plain_lm", "train": self.train.model_copy(update={"loss": loss})})
 
 
 class Paths:
-    """Where each stage reads and writes, under the storage root."""
+    """Where each stage reads and writes, under the storage root: prepared data is the
+    pipeline's (`name`), models and indexes are the variant's (`run_name`)."""
 
-    def __init__(self, root: str, name: str):
-        self.root, self.name = root, name
+    def __init__(self, root: str, name: str, run_name: str | None = None):
+        self.root, self.name, self.run_name = root, name, run_name or name
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -126,15 +142,15 @@ class Paths:
 
     @property
     def checkpoints(self) -> str:
-        return self._join("checkpoints")  # RunConfig(storage_path=...); the run is `name` under it
+        return self._join("checkpoints")  # RunConfig(storage_path=...); the run is `run_name` under it
 
     @property
     def model(self) -> str:
-        return self._join("models", self.name)
+        return self._join("models", self.run_name)
 
     @property
     def index(self) -> str:
-        return self._join("indexes", self.name)
+        return self._join("indexes", self.run_name)
 
 
 def preset_path(name_or_path: str | Path) -> Path:

@@ -45,7 +45,6 @@ from pipelines.index import load_model, local_dir, local_file, model_run
 from pipelines.jobs import StageError
 
 RANK_DEPTH = 100  # each hop's rank is looked up this deep; a gold page further down is "> 100"
-PLAIN_LM_SUFFIX = "-plain-lm"  # the λ_ret = 0 fine-tune of the same rows, trained as <name>-plain-lm
 WITHIN = 0.02  # generation must not suffer: held-out loss at most 2% above the plain LM's
 
 Encode = Callable[[list[str]], np.ndarray]  # texts → unit vectors (MiniLM, or a test's stand-in)
@@ -235,11 +234,11 @@ def heldout_lm_loss(model: OneGenModel, rows: Sequence[EncodedExample], batch_si
 def plain_lm_comparison(cfg: PipelineConfig, loss: float, rows: Sequence[EncodedExample], dev_path: Path,
                         corpus: Corpus, scratch: Path) -> tuple[dict, str]:
     """The plain LM's loss on the same rows and the relative difference; or why there is none."""
-    location = cfg.paths.model + PLAIN_LM_SUFFIX
+    location = cfg.plain_lm().paths.model
     if not cfg.evaluate.plain_lm_baseline:
         return {}, "not requested (evaluate.plain_lm_baseline is false)"
     if not storage.exists(f"{location}/{ONEGEN_CONFIG}", cfg.storage.s3_endpoint_url):
-        return {}, f"not available: no model at {location} (train with loss.lambda_ret=0 as {cfg.name}{PLAIN_LM_SUFFIX})"
+        return {}, f"not available: no model at {location} (train it: onegen train --config <this config> --plain-lm)"
     plain = load_model(location, cfg.storage.s3_endpoint_url, scratch / "plain-lm")
     plain_rows, _ = encode_examples(dev_path, corpus, plain.encoder, cfg.evaluate.max_length)
     if [r.input_ids for r in plain_rows] != [r.input_ids for r in rows]:

@@ -32,8 +32,11 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
     from pipelines.stack import StackConfig, up
 
     cfg = resolve_local_paths(load_config(preset), Path.cwd())
-    total = 2 + len(STAGES)
     report = MainReport(cfg)
+    stages = [(stage, cfg) for stage in STAGES]
+    if cfg.evaluate.plain_lm_baseline:  # evaluate compares generation with it: train it first
+        stages.insert(STAGES.index("evaluate"), ("train", cfg.plain_lm()))
+    total = 2 + len(stages)
     with _timed(report, "stack"):
         _header(1, total, "local stack (Ray head, MLflow)")
         status = up(StackConfig.load(stack_config))
@@ -41,6 +44,7 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
     # The jobs use this stack, whatever ports it was given.
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": status.mlflow.address})})
     report.config = cfg
+    stages = [(stage, cfg if stage_cfg.variant == "onegen" else cfg.plain_lm()) for stage, stage_cfg in stages]
 
     if not storage.is_remote(cfg.data.dir):
         with _timed(report, "data"):
@@ -49,12 +53,13 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
             _header(2, total, f"data build into {cfg.data.dir}")
             print(build_datasets(cfg.data.dir).summary(), flush=True)
 
-    for n, stage in enumerate(STAGES, start=3):
-        _header(n, total, f"{stage} (ray job submit)")
-        with _timed(report, stage):
-            code = submit(stage, cfg, status.ray.address)
+    for n, (stage, stage_cfg) in enumerate(stages, start=3):
+        label = stage if stage_cfg.variant == "onegen" else f"{stage} ({stage_cfg.variant} baseline)"
+        _header(n, total, f"{label} (ray job submit)")
+        with _timed(report, label):
+            code = submit(stage, stage_cfg, status.ray.address)
         if code:
-            report.failed = stage
+            report.failed = label
             break
     return report
 

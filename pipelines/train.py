@@ -113,7 +113,8 @@ def start_mlflow_run(cfg: PipelineConfig) -> str:
     client = MlflowClient(cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={"onegen.stage": "train", "onegen.run": cfg.name})
+    run = client.create_run(experiment_id, run_name=cfg.run_name, tags={"onegen.stage": "train", "onegen.run": cfg.name,
+                                                                     "onegen.variant": cfg.variant})
     params = [Param(k, v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
         client.log_batch(run.info.run_id, params=params[i : i + 100])
@@ -149,7 +150,7 @@ def make_trainer(cfg: PipelineConfig, run_id: str, on_step=None):
         # Below one CPU a worker leaves Ray Data room to feed it (the deadlock in STACK_NOTES).
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=cfg.name,
+            name=cfg.run_name,
             storage_path=ckpt_path,
             storage_filesystem=ckpt_fs if storage.is_remote(cfg.paths.checkpoints) else None,
             checkpoint_config=CheckpointConfig(num_to_keep=workers.keep_checkpoints),
@@ -210,7 +211,7 @@ def train(cfg: PipelineConfig, *, on_step=None) -> TrainReport:
         raise
     if result.checkpoint is None:
         client.set_terminated(run_id, "FAILED")
-        raise StageError(f"training {cfg.name} ended without a checkpoint in {cfg.paths.checkpoints}")
+        raise StageError(f"training {cfg.run_name} ended without a checkpoint in {cfg.paths.checkpoints}")
     where, state = publish_model(cfg, result.checkpoint, run_id)
     if state.mlflow_run_id and state.mlflow_run_id != run_id:
         # This run resumed an earlier one and logged into its MLflow run: drop the empty new one.

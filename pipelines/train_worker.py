@@ -155,6 +155,19 @@ def fetched_checkpoint(rank: int):
         yield tmp, checkpoints.fetch(checkpoint, names, tmp)
 
 
+class Progress:
+    """One line per step on rank 0, readable in a job's log (where a redrawn bar is not)."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total, self.began = start, total, time.perf_counter()
+
+    def __call__(self, step: int, values: dict) -> None:
+        elapsed = time.perf_counter() - self.began
+        left = elapsed / (step - self.start) * (self.total - step)
+        print(f"step {step}/{self.total}  loss {values['loss']:.3f} (lm {values['lm_loss']:.3f}, ret {values['ret_loss']:.3f})"
+              f"  {values['tokens_per_s']:.0f} tok/s  {elapsed:.0f}s elapsed, ~{left:.0f}s left", flush=True)
+
+
 def start_engine(cfg: PipelineConfig, rank: int, world: int, fingerprint: str):
     """(engine, TrainState or None): a fresh start, or the latest checkpoint restored: weights
     before deepspeed.initialize (the engine partitions what it is given), then this rank's
@@ -201,12 +214,15 @@ def train_loop(config: dict) -> dict:
                              checkpoint_dir_name=f"checkpoint_{m.step:06d}")
 
     gather, documents = counting(all_gather)
+    progress = Progress(start, optim.max_steps) if rank == 0 else None
 
     def after_step(m: StepMetrics) -> None:
         values = {**{k: getattr(m, k) for k in STEP_METRICS}, "tokens_per_s": world_tokens_per_s(m, engine.device),
                   **documents}
         if log:
             log(m.step, values)
+        if progress:
+            progress(m.step, values)
         if m.step % workers.checkpoint_every == 0 or m.step == optim.max_steps:
             save_and_report(m, values)
         if config.get("on_step"):

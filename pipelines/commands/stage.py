@@ -12,10 +12,16 @@ STAGE_OF_COMMAND = {"prepare": "prepare", "train": "train", "eval": "evaluate", 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_submit_arguments(parser)
+    if parser.prog.endswith(" train"):
+        parser.add_argument("--plain-lm", action="store_true",
+                            help="train the plain-LM baseline instead (same rows and steps, λ_ret = 0) that evaluate compares with")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+
     if args.config is None:
         print(f"onegen {args._name}: --config PRESET is required (e.g. --config smollm2-cpu)")
         return 2
-    return submit(STAGE_OF_COMMAND[args._name], args.config, args.address, wait=not args.no_wait)
+    config = load_config(args.config).plain_lm() if getattr(args, "plain_lm", False) else args.config
+    return submit(STAGE_OF_COMMAND[args._name], config, args.address, wait=not args.no_wait)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ class ServeArgs(FrozenConfig):
     """The application's arguments (the `args:` of a Serve config)."""
 
     model_uri: str | None = None  # models:/<name>@<alias> or models:/<name>/<version>
+    tracking_uri: str | None = None  # the registry's MLflow; None: $MLFLOW_TRACKING_URI, as MLflow does
     model_dir: str | None = None  # or a local OneGen model directory ...
     index_dir: str | None = None  # ... and its index
     served_name: str | None = None  # the `model` clients name; default: the registered name or the dir name
@@ -71,7 +71,7 @@ def load(args: ServeArgs, cpus: float, name: str | None = None) -> Loaded:
     if args.model_uri is not None:
         from components.registry import resolve
 
-        resolved = resolve(args.model_uri)
+        resolved = resolve(args.model_uri, args.tracking_uri)
         model_dir, index_dir, version = resolved.model_dir, resolved.index_dir, str(resolved.version)
     else:
         model_dir, index_dir, version = args.model_dir, args.index_dir, "local"
@@ -194,7 +194,7 @@ class OneGenServer:
 
         while not self._stop.wait(self.args.poll_interval_s):
             try:
-                if str(current_version(self.args.model_uri)) != self.current.version:
+                if str(current_version(self.args.model_uri, self.args.tracking_uri)) != self.current.version:
                     self.current = self._load()  # batches pick it up as they start
             except Exception as err:  # a registry hiccup must not take the replica down
                 print(f"onegen: could not follow {self.args.model_uri}: {err!r}", flush=True)

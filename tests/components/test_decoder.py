@@ -7,7 +7,7 @@ import torch
 from components import special_tokens as st
 from components.base_models import tiny_llama
 from components.decoder import GenerationConfig, InStreamDecoder
-from components.index import build_from_vectors, build_index
+from components.index import build_index
 from components.model import OneGenModel
 
 

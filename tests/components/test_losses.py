@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from components import special_tokens as st
 from components.batching import PAD_KEY, Batch, Collator
 from components.config import LossConfig
-from components.losses import bpr, info_nce, joint_loss, retrieval_loss
+from components.losses import bpr, joint_loss, retrieval_loss
 from tests.conftest import make_example
 
 EMPTY = torch.zeros((0, 0), dtype=torch.long)

@@ -25,3 +25,19 @@ def test_train_resumes_counting_from_start_step_and_stops_at_max_steps(tiny_mode
                    max_steps=7, start_step=4, on_step=seen.append)
     assert [s.step for s in result.steps] == [5, 6, 7] and seen == result.steps
     assert all(s.tokens == batch.num_tokens and s.queries == 1 and s.tokens_per_s > 0 for s in seen)
+
+
+def test_with_no_retrieval_weight_no_document_row_is_embedded(tiny_model, small_corpus):
+    from components.config import LossConfig
+
+    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    batch = Collator(tiny_model.encoder.pad_id)(rows)
+    widths = []
+    decoder = tiny_model.hf.get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        result = train(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.1), [batch], LossConfig(lambda_ret=0.0), max_steps=1)
+    finally:
+        hook.remove()
+    assert widths == [tuple(batch.input_ids.shape)]  # the generation rows only
+    assert result.steps[0].ret_loss == 0.0 and result.steps[0].tokens == int(batch.attention_mask.sum())

@@ -6,8 +6,6 @@ import json
 import pytest
 
 from components.dataset import encode_examples, load_corpus
-from components.tokenization import Encoder
-from components import special_tokens as st
 from components.validation import RowError, parse_document, parse_example
 
 GOOD = {

@@ -2,7 +2,6 @@
 HTTP with the official `openai` client, raw HTTP, schemathesis and a load of 16 clients."""
 
 import asyncio
-import base64
 import json
 import os
 import signal

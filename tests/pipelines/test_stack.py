@@ -106,7 +106,7 @@ def test_env_lines_and_exports_survive_eval(tmp_path):
     ]
     exports = "\n".join(st.env_lines(export=True))
     assert all(line.startswith("export ") for line in exports.splitlines())
-    shell = f'eval "$1"; printf "%s\\n" "$RAY_ADDRESS" "$MLFLOW_TRACKING_URI" "$ONEGEN_STORAGE"'
+    shell = 'eval "$1"; printf "%s\\n" "$RAY_ADDRESS" "$MLFLOW_TRACKING_URI" "$ONEGEN_STORAGE"'
     out = subprocess.run(["bash", "-c", shell, "bash", exports], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["http://127.0.0.1:8265", "http://127.0.0.1:5000", str(storage)]
 
