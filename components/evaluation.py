@@ -5,6 +5,7 @@ the decoder would see it when it reaches that point; each is ranked against the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -14,21 +15,38 @@ from components.model import OneGenModel
 from components.tokenization import EncodedExample
 
 
+@dataclass
+class TeacherForced:
+    queries: torch.Tensor  # [Q, H] unit query vectors at every [RQ]
+    gold: list[set[str]]  # each query's acceptable document ids
+    lm_loss: float  # mean next-token cross-entropy over the GEN tokens (token-weighted)
+    lm_tokens: int
+
+
 @torch.no_grad()
-def query_vectors(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 8) -> tuple[torch.Tensor, list[set[str]]]:
-    """Unit query vectors [Q, H] at every [RQ] of `rows`, and each query's acceptable doc ids."""
+def teacher_forced(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 8) -> TeacherForced:
+    """One forward per batch of gold sequences gives both the query vectors and the LM loss."""
     collate = Collator(model.encoder.pad_id)
     was_training = model.training
     model.eval()
-    vectors, gold = [], []
+    vectors, gold, loss_sum, tokens = [], [], 0.0, 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = collate(chunk).to(model.device)
         hidden = model.hidden_states(batch.input_ids, batch.attention_mask)
         vectors.append(torch.nn.functional.normalize(hidden[batch.query_rows, batch.query_cols].float(), dim=-1).cpu())
         gold += [{row.doc_ids[i] for i in positives} for row in chunk for positives in row.positives]
+        loss, n = model.lm_loss(hidden, batch.labels)
+        loss_sum, tokens = loss_sum + float(loss) * n, tokens + n
     model.train(was_training)
-    return (torch.cat(vectors) if vectors else torch.zeros((0, model.hidden_size))), gold
+    queries = torch.cat(vectors) if vectors else torch.zeros((0, model.hidden_size))
+    return TeacherForced(queries, gold, loss_sum / max(tokens, 1), tokens)
+
+
+def query_vectors(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 8) -> tuple[torch.Tensor, list[set[str]]]:
+    """Unit query vectors [Q, H] at every [RQ] of `rows`, and each query's acceptable doc ids."""
+    forced = teacher_forced(model, rows, batch_size)
+    return forced.queries, forced.gold
 
 
 def rank(queries: torch.Tensor, documents: torch.Tensor, doc_ids: Sequence[str], k: int) -> list[list[str]]:

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from components import storage
-from components.batching import Collator
 from components.corpus import Corpus
 from components.dataset import encode_examples, iter_examples, load_corpus
 from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev, render
 from components.decoder import GenerationConfig, InStreamDecoder
-from components.evaluation import query_vectors
+from components.evaluation import TeacherForced, teacher_forced
 from components.index import DocumentIndex, IndexMismatchError, build_from_vectors
 from components.metrics import exact_match, f1, normalize_answer, retrieval_metrics
 from components.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, document_text
@@ -114,11 +112,10 @@ def search(index: DocumentIndex, queries: np.ndarray) -> list[list[str]]:
     return [[index.corpus.at(int(p)).id for p in row if p >= 0] for row in positions]
 
 
-def in_stream(model: OneGenModel, rows: Sequence[EncodedExample], index: DocumentIndex) -> Ranking:
+def in_stream(forced: TeacherForced, rows: Sequence[EncodedExample], index: DocumentIndex) -> Ranking:
     """Teacher-forced [RQ] vectors of every hop, searched in the stage's index."""
-    queries, gold = query_vectors(model, rows)
     hops = [(row.id, h) for row in rows for h in range(len(row.positives))]
-    return Ranking(hops, gold, search(index, queries.numpy()))
+    return Ranking(hops, forced.gold, search(index, forced.queries.numpy()))
 
 
 def fanoutqa_leaves(examples: Sequence[Example], questions: Sequence[dict], corpus: Corpus) -> dict[str, list[dict]]:
@@ -218,19 +215,6 @@ def answer_quality(model: OneGenModel, index: DocumentIndex, examples: Sequence[
 # -- held-out LM loss ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def heldout_lm_loss(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 4) -> tuple[float, int]:
-    """Mean next-token cross-entropy over the GEN tokens of `rows` (token-weighted), and their count."""
-    collate = Collator(model.encoder.pad_id)
-    model.eval()
-    total, tokens = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size]).to(model.device)
-        loss, n = model.lm_loss(model.hidden_states(batch.input_ids, batch.attention_mask), batch.labels)
-        total, tokens = total + float(loss) * n, tokens + n
-    return total / max(tokens, 1), tokens
-
-
 def plain_lm_comparison(cfg: PipelineConfig, loss: float, rows: Sequence[EncodedExample], dev_path: Path,
                         corpus: Corpus, scratch: Path) -> tuple[dict, str]:
     """The plain LM's loss on the same rows and the relative difference; or why there is none."""
@@ -243,7 +227,7 @@ def plain_lm_comparison(cfg: PipelineConfig, loss: float, rows: Sequence[Encoded
     plain_rows, _ = encode_examples(dev_path, corpus, plain.encoder, cfg.evaluate.max_length)
     if [r.input_ids for r in plain_rows] != [r.input_ids for r in rows]:
         return {}, f"not comparable: {location} tokenises the dev rows differently"
-    plain_loss, _ = heldout_lm_loss(plain, plain_rows)
+    plain_loss = teacher_forced(plain, plain_rows).lm_loss
     relative = (loss - plain_loss) / plain_loss
     return {"plain_lm_heldout_lm_loss": plain_loss, "lm_loss_vs_plain_lm": relative,
             "lm_loss_within_2pct": float(relative <= WITHIN)}, location
@@ -269,13 +253,14 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
         examples = list(iter_examples(dev_path, corpus, ScreenReport(source=str(dev_path))))
         leaves = fanoutqa_leaves(examples, read_dev() if questions is None else questions, corpus)
 
-        ours = in_stream(model, rows, index)
+        forced = teacher_forced(model, rows)  # one pass: query vectors and the LM loss
+        ours = in_stream(forced, rows, index)
         cached = cached_minilm_rows(data_dir, index.corpus.ids, endpoint)
         theirs, minilm_source = minilm(index, ours, leaves, encode, cached)
         max_hops = max((len(e.positives) for e in examples), default=1)
         answer_metrics, answers = answer_quality(model, index, examples[: cfg.evaluate.answers], leaves,
                                                  cfg.evaluate.max_new_tokens, max_hops)
-        loss, tokens = heldout_lm_loss(model, rows)
+        loss, tokens = forced.lm_loss, forced.lm_tokens
         plain_metrics, plain_lm = plain_lm_comparison(cfg, loss, rows, dev_path, corpus, scratch)
 
         indexed = set(index.corpus.ids)  # a gold page outside the index can never be found: count those hops
