@@ -35,6 +35,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="onegen-batcher", daemon=True)
         self._error: BaseException | None = None
         self.batches = 0  # batches decoded (for metrics and tests)
+        self.in_use: InStreamDecoder | None = None  # the running batch's decoder
 
     def start(self) -> Batcher:
         self._thread.start()
@@ -84,10 +85,13 @@ class Batcher:
         loop, a fatal one (not an Exception) does, and `healthy` then says so."""
         self.batches += 1
         try:
-            for event in self.decoder().stream([r.prompt for r in batch], [r.config for r in batch]):
+            self.in_use = decoder = self.decoder()
+            for event in decoder.stream([r.prompt for r in batch], [r.config for r in batch]):
                 batch[event.row].deliver(event)
         except BaseException as err:
             for request in batch:
                 request.deliver(err)
             if not isinstance(err, Exception):
                 raise
+        finally:
+            self.in_use = None

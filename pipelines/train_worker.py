@@ -11,6 +11,7 @@ returns the latest checkpoint and the loop carries on from its step.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -164,8 +165,11 @@ class Progress:
     def __call__(self, step: int, values: dict) -> None:
         elapsed = time.perf_counter() - self.began
         left = elapsed / (step - self.start) * (self.total - step)
-        print(f"step {step}/{self.total}  loss {values['loss']:.3f} (lm {values['lm_loss']:.3f}, ret {values['ret_loss']:.3f})"
-              f"  {values['tokens_per_s']:.0f} tok/s  {elapsed:.0f}s elapsed, ~{left:.0f}s left", flush=True)
+        # Not print(): Ray Train v2 routes print through its logger, which shows it twice in a job log.
+        sys.stdout.write(f"step {step}/{self.total}  loss {values['loss']:.3f} (lm {values['lm_loss']:.3f}, "
+                         f"ret {values['ret_loss']:.3f})  {values['tokens_per_s']:.0f} tok/s  "
+                         f"{elapsed:.0f}s elapsed, ~{left:.0f}s left\n")
+        sys.stdout.flush()
 
 
 def start_engine(cfg: PipelineConfig, rank: int, world: int, fingerprint: str):

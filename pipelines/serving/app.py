@@ -31,7 +31,7 @@ from components.config import FrozenConfig
 from components.decoder import Event, GenerationConfig, InStreamDecoder
 from components.model import OneGenModel
 from pipelines.serving import openai_api as api
-from pipelines.serving.faiss_actor import RemoteIndex
+from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
 
 
 class ServeArgs(FrozenConfig):
@@ -67,17 +67,14 @@ class Loaded:
     index: RemoteIndex | None
 
 
-def load(args: ServeArgs, cpus: float, name: str | None = None) -> Loaded:
+def _where(args: ServeArgs) -> tuple[str, str | None, str]:
+    """(model dir, index dir, version) for the args' model source."""
     if args.model_uri is not None:
         from components.registry import resolve
 
         resolved = resolve(args.model_uri, args.tracking_uri)
-        model_dir, index_dir, version = resolved.model_dir, resolved.index_dir, str(resolved.version)
-    else:
-        model_dir, index_dir, version = args.model_dir, args.index_dir, "local"
-    model = OneGenModel.from_pretrained(model_dir).eval()
-    index = RemoteIndex(str(index_dir), model.fingerprint(), cpus, name) if index_dir else None
-    return Loaded(version, model, InStreamDecoder(model, index), index)
+        return resolved.model_dir, resolved.index_dir, str(resolved.version)
+    return args.model_dir, args.index_dir, "local"
 
 
 app = FastAPI(title="OneGen", description="One model that generates and retrieves: retrieval happens inside generation.")
@@ -171,23 +168,44 @@ async def _sse(events: asyncio.Queue, kind: str, model: str, prompt_tokens: int,
 @serve.ingress(app)
 class OneGenServer:
     def __init__(self, args: dict):
+        self._stop = threading.Event()
         self.args = ServeArgs.model_validate(args)
         self.faiss_name = f"onegen-faiss-{serve.get_replica_context().replica_id.unique_id}"
+        self.faiss: FaissHost | None = None  # made with the first index
         self.loads = 0
         self.current = self._load()
         self.served_name = self.args.served_name or _default_name(self.args)
         self.batcher = Batcher(lambda: self.current.decoder, max_batch=self.args.max_batch).start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
-        self._stop = threading.Event()
         if self.args.model_uri and self.args.poll_interval_s > 0:
             threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
 
     # -- model versions ------------------------------------------------------------------------
 
     def _load(self) -> Loaded:
-        """A version's model and index; its FAISS actor is named for this replica and load."""
-        self.loads += 1
-        return load(self.args, self.args.faiss_cpus, f"{self.faiss_name}-{self.loads}")
+        """A version's model, and its index in this replica's FAISS actor."""
+        model_dir, index_dir, version = _where(self.args)
+        model = OneGenModel.from_pretrained(model_dir).eval()
+        index = None
+        if index_dir:
+            if self.faiss is None:
+                self.faiss = FaissHost(self.args.faiss_cpus, self.faiss_name)
+            self.loads += 1
+            index = self.faiss.open(f"{version}#{self.loads}", str(index_dir), model.fingerprint())
+        return Loaded(version, model, InStreamDecoder(model, index), index)
+
+    def _switch(self) -> None:
+        previous, self.current = self.current, self._load()  # batches pick it up as they start
+        self._retire(also_keep=previous.decoder)  # a batch may be starting on it right now
+
+    def _retire(self, also_keep: InStreamDecoder | None = None) -> None:
+        """Drop the indexes no request can reach: neither the current version's nor the running batch's."""
+        if self.faiss is None:
+            return
+        decoders = (self.current.decoder, self.batcher.in_use, also_keep)
+        keep = {d.index.key for d in decoders if d is not None and d.index is not None}
+        for key in set(self.faiss.keys) - keep:
+            self.faiss.drop(key)
 
     def _follow_alias(self) -> None:
         from components.registry import current_version
@@ -195,7 +213,9 @@ class OneGenServer:
         while not self._stop.wait(self.args.poll_interval_s):
             try:
                 if str(current_version(self.args.model_uri, self.args.tracking_uri)) != self.current.version:
-                    self.current = self._load()  # batches pick it up as they start
+                    self._switch()
+                else:
+                    self._retire()  # the old version's last batch may have finished since
             except Exception as err:  # a registry hiccup must not take the replica down
                 print(f"onegen: could not follow {self.args.model_uri}: {err!r}", flush=True)
 
@@ -203,7 +223,7 @@ class OneGenServer:
         """`serve deploy` with a new user_config (e.g. {"model_uri": ...}) swaps the model now."""
         if user_config:
             self.args = self.args.model_copy(update=user_config)
-            self.current = self._load()
+            self._switch()
 
     def check_health(self) -> None:
         """Serve restarts a replica whose decode loop died."""
@@ -212,7 +232,8 @@ class OneGenServer:
 
     def __del__(self):
         self._stop.set()
-        self.batcher.stop(timeout=1)
+        if hasattr(self, "batcher"):  # __init__ got that far
+            self.batcher.stop(timeout=1)
 
     # -- routes --------------------------------------------------------------------------------
 

@@ -1,15 +1,21 @@
 """The FAISS index as a Ray actor beside its LLM replica.
 
+Each replica has one `FaissSearcher`, created in bundle 1 of the replica's own placement group
+(STRICT_PACK: the same node), so a search never crosses the network. The actor holds one index
+per model version the replica serves: when `@champion` moves, the new version's index is loaded
+beside the old one (the bundle has room for one actor, not two), requests still decoding on the
+old version keep searching its index, and the replica drops it once nothing uses it.
+
 FAISS indexes are not safe for concurrent use, so the actor runs one call at a time
-(`max_concurrency=1`); the decoder already sends every row of a step in one batched search. The
-replica creates it in bundle 1 of its own placement group (STRICT_PACK: the same node), so a
-search never crosses the network. If the actor dies, `RemoteIndex` makes a new one and retries.
+(`max_concurrency=1`); the decoder already sends every row of a step in one batched search. If the
+actor dies, `FaissHost` makes a new one, reloads every index it held, and retries the call.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import ray
@@ -22,27 +28,38 @@ from components.index import DocumentIndex, Hit
 
 @ray.remote(max_concurrency=1)
 class FaissSearcher:
-    def __init__(self, index_dir: str, fingerprint: str):
-        self.index = DocumentIndex.load(index_dir, expected_fingerprint=fingerprint)
+    def __init__(self):
+        self.indexes: dict[str, DocumentIndex] = {}
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        return self.index.search(queries, k)
+    def load(self, key: str, index_dir: str, fingerprint: str) -> dict:
+        self.indexes[key] = DocumentIndex.load(index_dir, expected_fingerprint=fingerprint)
+        return self.info(key)
 
-    def info(self) -> dict:
-        return {"documents": self.index.ntotal, "dimension": self.index.dimension, "kind": self.index.kind,
-                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
+    def drop(self, key: str) -> None:
+        self.indexes.pop(key, None)
+
+    def search(self, key: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        return self.indexes[key].search(queries, k)
+
+    def info(self, key: str | None = None) -> dict:
+        """Where the actor runs and what it holds; with a key, that index's size and kind."""
+        out = {"loaded": sorted(self.indexes), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        if key is not None:
+            index = self.indexes[key]
+            out.update(documents=index.ntotal, dimension=index.dimension, kind=index.kind)
+        return out
 
 
-class RemoteIndex:
-    """The decoder's `Index`, answered by a FaissSearcher; recreated if it dies."""
+class FaissHost:
+    """A replica's FaissSearcher: made once, and made again (every index reloaded) if it dies."""
 
-    def __init__(self, index_dir: str, fingerprint: str, num_cpus: float = 0.5, name: str | None = None):
-        self.index_dir, self.fingerprint, self.num_cpus = index_dir, fingerprint, num_cpus
+    def __init__(self, num_cpus: float = 0.5, name: str | None = None):
+        self.num_cpus = num_cpus
         self.name = name  # e.g. onegen-faiss-<replica>: findable with `ray list actors`
-        self._lock = threading.Lock()
         self.restarts = 0
+        self._loaded: dict[str, tuple[str, str]] = {}  # key → (index_dir, fingerprint)
+        self._lock = threading.Lock()
         self.actor = self._start()
-        self.info = ray.get(self.actor.info.remote())  # fails fast if the index does not load
 
     def _start(self):
         pg = get_current_placement_group()  # the replica's own group, when it has one
@@ -50,15 +67,42 @@ class RemoteIndex:
         options = {"num_cpus": self.num_cpus, "name": f"{self.name}-{self.restarts}" if self.name else None}
         if pg is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=1)
-        return FaissSearcher.options(**options).remote(self.index_dir, self.fingerprint)
+        actor = FaissSearcher.options(**options).remote()
+        ray.get([actor.load.remote(key, *where) for key, where in self._loaded.items()])
+        return actor
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def call(self, method: Callable[[ray.actor.ActorHandle], ray.ObjectRef]):
+        """`ray.get(method(actor))`, on a new actor if this one has died."""
         actor = self.actor
         try:
-            return ray.get(actor.search.remote(queries, k))
+            return ray.get(method(actor))
         except RayActorError:
             with self._lock:  # one new actor, however many threads saw the old one die
                 if self.actor is actor:
                     self.restarts += 1
                     self.actor = self._start()
-            return ray.get(self.actor.search.remote(queries, k))
+            return ray.get(method(self.actor))
+
+    def open(self, key: str, index_dir: str, fingerprint: str) -> RemoteIndex:
+        """Load an index under `key` (fails fast if it does not load, or was built by another model)."""
+        info = self.call(lambda a: a.load.remote(key, index_dir, fingerprint))
+        self._loaded[key] = (index_dir, fingerprint)
+        return RemoteIndex(self, key, fingerprint, info)
+
+    def drop(self, key: str) -> None:
+        self._loaded.pop(key, None)
+        self.call(lambda a: a.drop.remote(key))
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self._loaded)
+
+
+class RemoteIndex:
+    """The decoder's `Index`: one of the host's indexes."""
+
+    def __init__(self, host: FaissHost, key: str, fingerprint: str, info: dict):
+        self.host, self.key, self.fingerprint, self.info = host, key, fingerprint, info
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        return self.host.call(lambda a: a.search.remote(self.key, queries, k))

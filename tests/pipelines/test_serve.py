@@ -164,7 +164,6 @@ def test_without_the_api_key_401(server):
     assert httpx.get(f"{server}/healthz").status_code == 200  # health stays open for probes
 
 
-@pytest.mark.timeout(300)
 def faiss_actors(ray) -> dict[str, int]:
     """name → pid of the FAISS actors alive now."""
     named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("onegen-faiss-")]
@@ -177,6 +176,7 @@ def faiss_actors(ray) -> dict[str, int]:
     return pids
 
 
+@pytest.mark.timeout(300)
 def test_a_killed_faiss_actor_is_recreated(server, client, in_process, ray_cluster):
     before = faiss_actors(ray_cluster)
     assert len(before) == 1

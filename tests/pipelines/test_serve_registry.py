@@ -3,6 +3,7 @@ version) and, when promotion moves the alias, switches to the new version withou
 request that is being decoded."""
 
 import copy
+import json
 import threading
 import time
 
@@ -44,6 +45,12 @@ def answer(model: OneGenModel, max_tokens: int) -> str:
     prompt = model.encoder.prompt([{"role": "user", "content": "Tell me a story."}])
     cfg = GenerationConfig(max_new_tokens=max_tokens, temperature=0)
     return InStreamDecoder(model).generate([prompt], cfg)[0].text
+
+
+def faiss_loaded(ray) -> list[list[str]]:
+    """For each live FAISS actor, the index keys it holds."""
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("onegen-faiss-")]
+    return [ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).info.remote(), timeout=30)["loaded"] for a in named]
 
 
 def version(url: str) -> str:
@@ -101,14 +108,17 @@ def test_the_app_follows_champion_without_dropping_a_request_in_flight(ray_clust
         reader.join(300)
 
         assert finished["status"] == 200 and finished["at"] > switched_at  # in flight across the switch
-        import json
-
         chunks = [json.loads(line[len("data: "):]) for line in streamed]
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
         assert text == answer(first, LONG)  # finished on the version it started on
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
         after = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={**body, "stream": False, "max_tokens": 24}).json()
         assert after["choices"][0]["message"]["content"] == answer(second, 24) != answer(first, 24)
+        # One FAISS actor throughout; the old version's index is dropped once its last request ends.
+        deadline = time.time() + 30
+        while (loaded := faiss_loaded(ray_cluster)) != [["2#2"]] and time.time() < deadline:
+            time.sleep(0.5)
+        assert loaded == [["2#2"]]
     finally:
         serve.delete("registry")
         serve.shutdown()
