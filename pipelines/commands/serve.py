@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.jobs import EXCLUDES, REPO
+from pipelines.jobs import REPO
 
 CONFIG = REPO / "infra" / "serve.yaml"
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_config(args: argparse.Namespace) -> dict:
-    """The config file with the command line applied, and the code shipped as the working dir."""
+    """The config file with the command line applied, and this checkout as the working dir."""
     config = yaml.safe_load(args.config.read_text())
     app = config["applications"][0]
     if args.model is not None:
@@ -36,7 +36,9 @@ def serve_config(args: argparse.Namespace) -> dict:
         app["args"]["model_uri"] = args.model_uri
     if args.port is not None:
         config["http_options"]["port"] = args.port
-    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": str(REPO), "excludes": EXCLUDES}
+    # A Serve config (unlike `ray job submit`) takes no local path to upload: on the local stack the
+    # checkout is already on the only node, so the replicas run from it in place.
+    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": f"local://{REPO}"}
     return config
 
 
