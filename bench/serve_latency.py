@@ -27,6 +27,28 @@ REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Who were the first 5 picks in the 1998 MLB Draft?"
 
 
+WHAT = {
+    "p9_http_vs_in_process": "one chat request through HTTP (FastAPI ingress, batcher, replica) ÷ the same request "
+    "decoded in this process with the same model and index, p50 of interleaved rounds",
+    "p5_http_batch_8_vs_1": "decode tokens/s over HTTP with 8 concurrent clients ÷ 1 client (the replica's batcher "
+    "decodes requests that arrive together in one batch)",
+    "serve_latency": "tokens/s at 16 concurrent clients ÷ 1; p50/p99 latency and throughput at 1, 4, 8 and 16 clients",
+}
+NOTES = (
+    "`bench/serve_latency.py`: the real app (`pipelines.serving.app`, replica 2 CPUs, FAISS actor 0.5) on a "
+    "local Ray, loaded from the main job's model and index; greedy decoding of the same FanOutQA question, so "
+    "both sides of P9 produce the same text (`same_text`). The load test runs each level for `--seconds` with "
+    "every client sending back to back on its own connection; `errors` counts non-200 answers. Limit: the "
+    "trained model answers in a few tokens after its retrieval (the request allows `max_tokens`), so these "
+    "are short requests where fixed per-request costs weigh most."
+)
+
+
+def level_lines(levels: dict) -> list[str]:
+    return [f"{c} clients: p50 {v['p50_s']:.2f} s, p99 {v['p99_s']:.2f} s, {v['requests_per_s']:.2f} req/s, "
+            f"{v['tokens_per_s']:.1f} tok/s, {v['requests']} requests, {v['errors']} errors" for c, v in levels.items()]
+
+
 def default_model() -> tuple[Path, Path]:
     """The main job's model and index (`onegen main`)."""
     root = REPO / ".onegen" / "storage"
@@ -139,16 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     device, name = device_string(), f"{model_dir.name} ({model_dir})"
     p9 = runs.ratio("http", "in_process")
     write_result(args.out, {"id": "p9_http_vs_in_process", "ratio": p9, "goal": "<= 1.10", "met": p9 <= 1.10,
-                            "device": device, "model": name, "command": command, "same_text": same,
+                            "what": WHAT["p9_http_vs_in_process"], "notes": NOTES, "device": device, "model": name, "command": command, "same_text": same,
                             "max_tokens": args.tokens, **runs.report({"http_vs_in_process": ("http", "in_process")})})  # fmt: skip
 
     levels = load(args)
     p5 = levels[8]["tokens_per_s"] / levels[1]["tokens_per_s"]
     write_result(args.out, {"id": "p5_http_batch_8_vs_1", "ratio": p5, "goal": ">= 1.5 (CPU)", "met": p5 >= 1.5,
+                            "what": WHAT["p5_http_batch_8_vs_1"], "notes": NOTES, "details_md": level_lines(levels),
                             "device": device, "model": name, "command": command, "levels": levels})  # fmt: skip
     write_result(args.out, {"id": "serve_latency", "ratio": levels[16]["tokens_per_s"] / levels[1]["tokens_per_s"],
                             "goal": None, "met": None, "device": device, "model": name, "command": command,
-                            "what": "tokens/s at 16 concurrent clients ÷ 1; p50/p99 and throughput per level in `levels`",
+                            "what": WHAT["serve_latency"], "notes": NOTES, "details_md": level_lines(levels),
                             "levels": levels, "errors": sum(v["errors"] for v in levels.values())})  # fmt: skip
     write_results_md(args.out)
     print(f"P9 {p9:.3f} (same text: {same}); P5 over HTTP {p5:.2f}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from components.config import FrozenConfig, IndexConfig, TrainConfig
 
@@ -37,6 +37,16 @@ class DataConfig(FrozenConfig):
     train: list[str] = ["train.jsonl"]
     dev: str = "fanoutqa_dev.jsonl"
     corpus: str = "corpus.jsonl"
+    # train file → how many times each of its rows is used: a small source that teaches the
+    # behaviour (FanOutQA's walks) among a large one that teaches retrieval (inverse cloze).
+    repeat: dict[str, PositiveInt] = {}
+
+    @model_validator(mode="after")
+    def _repeat_names_train_files(self) -> DataConfig:
+        unknown = sorted(set(self.repeat) - set(self.train))
+        if unknown:
+            raise ValueError(f"data.repeat names {unknown}, which are not in data.train {self.train}")
+        return self
 
 
 class PrepareConfig(FrozenConfig):

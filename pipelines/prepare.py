@@ -5,7 +5,8 @@
           ─▶ bad rows:  JSONL under paths.quarantine, each with its row, field, kind and reason
 
 Rows are read as bytes and numbered per file, so a row with invalid UTF-8 is quarantined with its
-line number rather than failing the read. The per-row checks are the in-process ones
+line number rather than failing the read. Kept rows are repeated per source (`data.repeat`) and
+shuffled once with the training seed: a trainer reading shards in order sees every source mixed. The per-row checks are the in-process ones
 (`components.validation`, `Encoder.example`); ids must be unique across all inputs, which no
 single worker can see, so duplicates are found on the driver from the (source, row, id) columns.
 """
@@ -17,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -53,12 +55,14 @@ class PrepareReport:
     output: str
     quarantine: str
     truncated_rows: int = 0
+    training_rows: int = 0  # kept rows after `data.repeat`
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.screen.summary()}; {self.truncated_rows} rows lost tokens after their last retrieval "
-                f"to max_length; shards in {self.output}, quarantine in {self.quarantine} ({self.seconds:.0f}s)")
+        return (f"{self.screen.summary()}; {self.training_rows} training rows after repeats; {self.truncated_rows} rows "
+                f"lost tokens after their last retrieval to max_length; shards in {self.output}, quarantine in "
+                f"{self.quarantine} ({self.seconds:.0f}s)")
 
 
 def split_rows(batch: dict) -> list[dict]:
@@ -108,6 +112,14 @@ def _duplicates(table: pa.Table) -> dict[tuple[str, int], RowError]:
     return dups
 
 
+def mix(kept: pa.Table, repeat: dict[str, int], seed: int) -> pa.Table:
+    """The training rows: each source's rows `repeat[file name]` times, in one seeded shuffle."""
+    names = [source.rsplit("/", 1)[-1] for source in kept["source"].to_pylist()]
+    take = [i for i, name in enumerate(names) for _ in range(repeat.get(name, 1))]
+    order = np.random.default_rng(seed).permutation(len(take))
+    return kept.take(pa.array(np.asarray(take, dtype=np.int64)[order])).select(ENCODED.names)
+
+
 def prepare(cfg: PipelineConfig) -> PrepareReport:
     """Run the stage; return its counts (rows read = kept + quarantined)."""
     started = time.perf_counter()
@@ -140,14 +152,16 @@ def prepare(cfg: PipelineConfig) -> PrepareReport:
         keep.append((source, row) not in dups)
         if not keep[-1]:
             errors.append(quarantine_record(dups[(source, row)], raw, source))
-    kept = good.filter(pa.array(keep, pa.bool_())).select(ENCODED.names)
+    kept = good.filter(pa.array(keep, pa.bool_()))
 
     report = PrepareReport(ScreenReport(source=", ".join(inputs)), f"{cfg.paths.prepared}/train", f"{cfg.paths.quarantine}/quarantine.jsonl")
     report.screen.kept = kept.num_rows
     for record in errors:
         report.screen.by_kind[record["kind"]] += 1
     report.truncated_rows = int(pc.sum(pc.greater(kept["truncated_tokens"], 0)).as_py() or 0)
-    _write(kept, errors, report, cfg)
+    training = mix(kept, cfg.data.repeat, cfg.train.optim.seed)
+    report.training_rows = training.num_rows
+    _write(training, errors, report, cfg)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -161,5 +175,6 @@ def _write(kept: pa.Table, errors: list[dict], report: PrepareReport, cfg: Pipel
     errors.sort(key=lambda r: (r["source"], r["row"]))
     storage.write_bytes(report.quarantine, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode(), endpoint)
     counts = {"read": report.screen.read, "kept": report.screen.kept, "quarantined": report.screen.quarantined,
-              "by_kind": dict(report.screen.by_kind), "truncated_rows": report.truncated_rows}
+              "by_kind": dict(report.screen.by_kind), "truncated_rows": report.truncated_rows,
+              "training_rows": report.training_rows}
     storage.write_bytes(f"{cfg.paths.prepared}/report.json", json.dumps(counts, indent=2).encode(), endpoint)

@@ -65,6 +65,31 @@ def test_prepare_writes_shards_and_quarantines_bad_rows_with_reasons(ray_cluster
 
 
 @pytest.mark.timeout(180)
+def test_repeat_uses_a_small_source_more_often_and_the_rows_are_shuffled_across_sources(ray_cluster, tmp_path):
+    corpus, examples = synthetic_retrieval()
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus.save_jsonl(data / "corpus.jsonl")
+    (data / "big.jsonl").write_text("".join(e.model_dump_json() + "\n" for e in examples[:30]))
+    (data / "small.jsonl").write_text("".join(e.model_dump_json() + "\n" for e in examples[30:]))
+    base = load_config("tiny").model_dump()
+    base["data"] = {"dir": str(data), "train": ["big.jsonl", "small.jsonl"], "corpus": "corpus.jsonl", "repeat": {"small.jsonl": 3}}
+    base["storage"] = {"root": str(tmp_path / "storage")}
+    cfg = PipelineConfig.model_validate(base)
+
+    report = prepare(cfg)
+
+    small = {e.id for e in examples[30:]}
+    assert report.screen.kept == 30 + len(small) and report.training_rows == 30 + 3 * len(small)
+    ids = pq.read_table(f"{cfg.paths.prepared}/train").column("id").to_pylist()  # the shards, in order
+    assert sorted(ids) == sorted([e.id for e in examples[:30]] + 3 * sorted(small))
+    first_half = ids[: len(ids) // 2]
+    assert small & set(first_half) and set(first_half) - small  # mixed, not one file after the other
+    with pytest.raises(ValueError, match="data.repeat names \\['nope.jsonl'\\]"):
+        PipelineConfig.model_validate({**base, "data": {**base["data"], "repeat": {"nope.jsonl": 2}}})
+
+
+@pytest.mark.timeout(180)
 def test_prepare_reads_and_writes_s3(ray_cluster, tmp_path, s3_server, monkeypatch):
     import boto3
 
