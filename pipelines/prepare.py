@@ -5,10 +5,11 @@
           ─▶ bad rows:  JSONL under paths.quarantine, each with its row, field, kind and reason
 
 Rows are read as bytes and numbered per file, so a row with invalid UTF-8 is quarantined with its
-line number rather than failing the read. Kept rows are repeated per source (`data.repeat`) and
-shuffled once with the training seed: a trainer reading shards in order sees every source mixed. The per-row checks are the in-process ones
+line number rather than failing the read. The per-row checks are the in-process ones
 (`components.validation`, `Encoder.example`); ids must be unique across all inputs, which no
 single worker can see, so duplicates are found on the driver from the (source, row, id) columns.
+Kept rows are then repeated per source (`data.repeat`) and shuffled once with the training seed,
+so a trainer that reads the shards in order sees every source mixed.
 """
 
 from __future__ import annotations
