@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="smollm2-cpu", help="a preset (smollm2-cpu: ~15 min; smollm2-cpu-long: ~1 hour) or a YAML file")
+    parser.add_argument("--config", default="smollm2-cpu", help="a preset (smollm2-cpu: ~13 min; smollm2-cpu-long: ~1 hour) or a YAML file")
     parser.add_argument("--stack-config", type=Path, default=Path("infra/stack.yaml"), help="ports and state dir of the local stack")
 
 
