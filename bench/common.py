@@ -297,7 +297,7 @@ def head_calls(steps: Sequence[int], rq_fed_by_decoder: bool) -> set[int]:
 @contextlib.contextmanager
 def forced_token(model, token_id: int, calls: set[int]):
     """Add 1e4 to `token_id`'s logit on the chosen LM-head calls, every row of the batch alike: a
-    stand-in for a model trained to emit it there (the tests' `scripted`, reusable)."""
+    stand-in for a model trained to emit it there (the decoder tests use it too)."""
     count = {"n": 0}
 
     def hook(module, args, output):

@@ -33,10 +33,10 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
 
     cfg = resolve_local_paths(load_config(preset), Path.cwd())
     report = MainReport(cfg)
-    stages = [(stage, cfg) for stage in STAGES]
+    plan = [(stage, "onegen") for stage in STAGES]
     if cfg.evaluate.plain_lm_baseline:  # evaluate compares generation with it: train it first
-        stages.insert(STAGES.index("evaluate"), ("train", cfg.plain_lm()))
-    total = 2 + len(stages)
+        plan.insert(STAGES.index("evaluate"), ("train", "plain_lm"))
+    total = 2 + len(plan)
     with _timed(report, "stack"):
         _header(1, total, "local stack (Ray head, MLflow)")
         status = up(StackConfig.load(stack_config))
@@ -44,7 +44,7 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
     # The jobs use this stack, whatever ports it was given.
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": status.mlflow.address})})
     report.config = cfg
-    stages = [(stage, cfg if stage_cfg.variant == "onegen" else cfg.plain_lm()) for stage, stage_cfg in stages]
+    stages = [(stage, cfg if variant == "onegen" else cfg.plain_lm()) for stage, variant in plan]
 
     if not storage.is_remote(cfg.data.dir):
         with _timed(report, "data"):

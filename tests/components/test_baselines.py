@@ -53,18 +53,24 @@ def test_pipeline_rag_re_prefills_the_whole_text_after_each_retrieval(setup):
     assert len(prompts[2]) + first + len(model.encoder.passage(index.corpus[in_stream.hops[0].doc_ids[0]])) in widths
 
 
+class Spy(LMQueryEncoder):
+    """The LM query encoder, keeping every text it was asked to embed."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.seen: list[str] = []
+
+    def __call__(self, texts):
+        self.seen.extend(texts)
+        return super().__call__(texts)
+
+
 def test_pipeline_sends_the_sub_question_text_to_its_retriever(setup):
     model, index, prompts = setup
-    seen = []
-
-    class Spy(LMQueryEncoder):
-        def __call__(self, texts):
-            seen.extend(texts)
-            return super().__call__(texts)
-
-    out = PipelineRAG(model, index, Spy(model)).generate(prompts[2], CFG)
-    assert seen[0] == model.tokenizer.decode(out.generated[: out.hops[0].step], skip_special_tokens=True).strip()
-    assert seen[0] == "I will search the records for this one first."
+    spy = Spy(model)
+    out = PipelineRAG(model, index, spy).generate(prompts[2], CFG)
+    assert spy.seen[0] == model.tokenizer.decode(out.generated[: out.hops[0].step], skip_special_tokens=True).strip()
+    assert spy.seen[0] == "I will search the records for this one first."
 
 
 def test_gritlm_style_embeds_each_sub_question_in_a_separate_pass(setup):
@@ -108,13 +114,7 @@ def test_pipeline_with_minilm_retrieves_from_text(setup, small_corpus):
 
 def test_pipeline_can_feed_its_retriever_the_whole_text_as_the_research_code_does(setup):
     model, index, prompts = setup
-    seen = []
-
-    class Spy(LMQueryEncoder):
-        def __call__(self, texts):
-            seen.extend(texts)
-            return super().__call__(texts)
-
-    PipelineRAG(model, index, Spy(model), query_from="context").generate(prompts[2], CFG)
+    spy = Spy(model)
+    PipelineRAG(model, index, spy, query_from="context").generate(prompts[2], CFG)
     whole = model.tokenizer.decode(prompts[2], skip_special_tokens=True)
-    assert seen[0].startswith(whole.strip()[:40]) and seen[0].endswith("I will search the records for this one first.")
+    assert spy.seen[0].startswith(whole.strip()[:40]) and spy.seen[0].endswith("I will search the records for this one first.")

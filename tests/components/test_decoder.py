@@ -1,9 +1,8 @@
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 
+from bench.common import forced_token
 from components import special_tokens as st
 from components.base_models import tiny_llama
 from components.decoder import GenerationConfig, InStreamDecoder
@@ -32,26 +31,6 @@ def trained(trained_tiny):
     index = build_index(trained_tiny.model, trained_tiny.corpus)
     prompts = [trained_tiny.model.encoder.prompt(e.prompt) for e in trained_tiny.examples]
     return trained_tiny, index, prompts
-
-
-@contextlib.contextmanager
-def scripted(model: OneGenModel, token_id: int, calls: set[int]):
-    """Make the model's head pick `token_id` on the given calls (0-based): a stand-in for a model
-    trained to emit it there."""
-    count = {"n": 0}
-
-    def hook(module, args, output):
-        n, count["n"] = count["n"], count["n"] + 1
-        if n in calls:
-            output = output.clone()
-            output[..., token_id] += 1e4
-        return output
-
-    handle = model.hf.get_output_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def clean_states(model: OneGenModel, tokens: list[int], positions: list[int]) -> np.ndarray:
@@ -167,7 +146,7 @@ def test_entity_linking_mode_links_each_mention(random_setup):
     model, index, prompts = random_setup
     el = model.encoder.special[st.ENTITY]
     decoder = InStreamDecoder(model, index=None, entity_index=index)
-    with scripted(model, el, calls={3, 7, 12}):
+    with forced_token(model, el, calls={3, 7, 12}):
         out = decoder.generate([prompts[0]], GenerationConfig(mode="link", max_new_tokens=16))[0]
     positions = [i for i, t in enumerate(out.generated) if t == el]
     assert positions == [3, 7, 12]  # call n of the head samples generated token n (call 0: the prompt)
