@@ -84,8 +84,8 @@ MEASUREMENTS = ("p1", "p2", "p3", "p4", "p5", "gritlm_caching")
 
 
 def load_model(source: str, device: str = "cpu"):
-    from components.base_models import load_base
-    from components.model import ONEGEN_CONFIG, OneGenModel
+    from components.model.base import load_base
+    from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 
     path = Path(source)
     if source not in ("smollm2", "tiny") and (path / ONEGEN_CONFIG).is_file():
@@ -106,7 +106,7 @@ def model_name(source: str, model) -> str:
 
 def load_data(data_dir: Path, limit: int | None = None):
     """(corpus, user questions of dev.jsonl)."""
-    from components.corpus import Corpus
+    from components.data.corpus import Corpus
 
     corpus_path, dev_path = data_dir / "corpus.jsonl", data_dir / "dev.jsonl"
     for path in (corpus_path, dev_path):
@@ -134,7 +134,7 @@ def random_unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def lm_index(model, corpus, seed: int = 0):
     """The LM's index: the real documents, seeded random unit vectors (see the module doc)."""
-    from components.index import build_from_vectors
+    from components.retrieval.index import build_from_vectors
 
     return build_from_vectors(random_unit_vectors(len(corpus), model.hidden_size, seed), corpus, model.fingerprint())
 
@@ -142,8 +142,8 @@ def lm_index(model, corpus, seed: int = 0):
 def minilm_index(encoder, corpus, data_dir: Path):
     """MiniLM's own index of the corpus: the matrix `onegen data build` cached when it covers these
     ids (rows picked by id), else encoded now. Returns (index, where the vectors came from)."""
-    from components.index import build_from_vectors
-    from components.minilm import MATRIX_FILE, MATRIX_META
+    from components.retrieval.index import build_from_vectors
+    from components.retrieval.minilm import MATRIX_FILE, MATRIX_META
 
     meta_path, matrix_path = data_dir / MATRIX_META, data_dir / MATRIX_FILE
     try:
@@ -245,7 +245,7 @@ class Bench:
     # -- shared ----------------------------------------------------------------------------------
 
     def cfg(self, retrieval: bool = True, new_tokens: int | None = None):
-        from components.decoder import GenerationConfig
+        from components.generation.decoder import GenerationConfig
 
         return GenerationConfig(
             max_new_tokens=new_tokens or self.plan.new_tokens, temperature=0.0, logit_bias=eos_bias(self.model),
@@ -290,8 +290,8 @@ class Bench:
     # -- P1, P2, P3: one interleaved loop --------------------------------------------------------
 
     def answers(self) -> list[dict]:
-        from components.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, ReplayIndex, gritlm_style
-        from components.decoder import InStreamDecoder
+        from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, ReplayIndex, gritlm_style
+        from components.generation.decoder import InStreamDecoder
 
         plan, model, prompt, device = self.plan, self.model, self.prompts[0], self.device
         started, load0 = time.perf_counter(), load_average()
@@ -503,7 +503,7 @@ class Bench:
     # -- P4 --------------------------------------------------------------------------------------
 
     def decode_vs_hf(self) -> dict:
-        from components.decoder import InStreamDecoder
+        from components.generation.decoder import InStreamDecoder
 
         model, prompt, n, device = self.model, self.prompts[0], self.plan.new_tokens, self.device
         started, load0 = time.perf_counter(), load_average()
@@ -553,7 +553,7 @@ class Bench:
     # -- P5 --------------------------------------------------------------------------------------
 
     def batching(self) -> dict:
-        from components.decoder import InStreamDecoder
+        from components.generation.decoder import InStreamDecoder
 
         plan, device = self.plan, self.device
         started, load0 = time.perf_counter(), load_average()
@@ -611,7 +611,7 @@ class Bench:
     def gritlm_caching(self) -> dict:
         from transformers import DynamicCache
 
-        from components import special_tokens as st
+        from components import tokens as st
 
         plan, model, device = self.plan, self.model, self.device
         started, load0 = time.perf_counter(), load_average()
@@ -701,8 +701,8 @@ class Bench:
 
 
 def memory_variant(args: argparse.Namespace) -> int:
-    from components.baselines import MiniLMQueryEncoder, PipelineRAG, ReplayIndex
-    from components.decoder import GenerationConfig, Hop, InStreamDecoder
+    from components.generation.baselines import MiniLMQueryEncoder, PipelineRAG, ReplayIndex
+    from components.generation.decoder import GenerationConfig, Hop, InStreamDecoder
 
     plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.plan).items()})
     model = load_model(args.model, args.device)

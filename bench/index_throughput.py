@@ -1,5 +1,5 @@
 """P8: documents embedded per second by the index stage's Ray Data actor pool, as a ratio of the
-in-process batched loop (`components.index.build_index`): same model, same documents, same batch
+in-process batched loop (`components.retrieval.index.build_index`): same model, same documents, same batch
 size, the same cores. Goal: ≥ 0.9, i.e. Ray Data costs at most 10% of the throughput.
 
     .venv/bin/python -m bench.index_throughput [--docs 400] [--batch-size 32] [--reps 3]
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
-from components.base_models import load_base
-from components.corpus import Corpus
-from components.index import build_from_vectors, build_index
-from components.model import OneGenModel
+from components.model.base import load_base
+from components.data.corpus import Corpus
+from components.retrieval.index import build_from_vectors, build_index
+from components.model.onegen import OneGenModel
 from pipelines.config import load_config
-from pipelines.index import embed_corpus
+from pipelines.stages.index import embed_corpus
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 GOAL = 0.9

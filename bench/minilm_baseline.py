@@ -24,7 +24,7 @@ from components.datasets.build import split_of
 from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev
 from components.datasets.negatives import embed_articles
 from components.datasets.vital_articles import read_summaries, vital_articles
-from components.minilm import MODEL_NAME, MiniLMRetriever
+from components.retrieval.minilm import MODEL_NAME, MiniLMRetriever
 
 KS = (1, 5, 10)
 

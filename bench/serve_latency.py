@@ -59,7 +59,7 @@ def start_app(model_dir: Path, index_dir: Path, tokens: int):
     import ray
     from ray import serve
 
-    from pipelines.processes import free_ports
+    from pipelines.local.processes import free_ports
     from pipelines.serving.app import deployment
 
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import torch
 
-    from components.decoder import GenerationConfig, InStreamDecoder
-    from components.index import DocumentIndex
-    from components.model import OneGenModel
+    from components.generation.decoder import GenerationConfig, InStreamDecoder
+    from components.retrieval.index import DocumentIndex
+    from components.model.onegen import OneGenModel
 
     torch.set_num_threads(2)  # as many as the replica's CPUs
     args.url = start_app(model_dir, index_dir, args.tokens)

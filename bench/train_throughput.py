@@ -1,5 +1,5 @@
 """P6 and P7: training throughput of SmolLM2-135M on the CPU, in-process (components only, no Ray,
-no DeepSpeed): `components.train_loop.train` with AdamW on real rows of data/train.jsonl in the
+no DeepSpeed): `components.model.train_loop.train` with AdamW on real rows of data/train.jsonl in the
 smollm2-cpu preset's format (max_length 512, 48-token documents).
 
     .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--seed 0]
@@ -36,15 +36,15 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
-from components.base_models import load_base
-from components.batching import Batch, Collator, padded_length
+from components.model.base import load_base
+from components.data.collate import Batch, Collator, padded_length
 from components.config import LossConfig
-from components.corpus import Corpus
-from components.model import OneGenModel
-from components.schema import Example
-from components.tokenization import IGNORE, EncodedExample
-from components.train_loop import train
-from components.validation import RowError
+from components.data.corpus import Corpus
+from components.model.onegen import OneGenModel
+from components.data.schema import Example
+from components.data.tokenize import IGNORE, EncodedExample
+from components.model.train_loop import train
+from components.data.screening import RowError
 from pipelines.config import load_config
 
 PRESET = "smollm2-cpu"

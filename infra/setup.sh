@@ -23,5 +23,5 @@ echo "setup: installing the pinned stack into .venv (about 2 minutes on a fresh 
 # DeepSpeed JIT-compiles a shared-memory comm op on its first initialize (about a minute): compile
 # it once here, into the directory the train stage points its workers at (pipelines/train.py).
 echo "setup: compiling DeepSpeed's CPU comm op (about a minute)" >&2
-.venv/bin/python -c "from pipelines.train import warm_deepspeed_ops; warm_deepspeed_ops()"
+.venv/bin/python -c "from pipelines.stages.train import warm_deepspeed_ops; warm_deepspeed_ops()"
 echo "$want" > "$stamp"

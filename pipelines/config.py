@@ -180,7 +180,7 @@ def preset_path(name_or_path: str | Path) -> Path:
 def load_config(name_or_path: str | Path) -> PipelineConfig:
     """Load a preset, a YAML file or a YAML URI (s3://, where a remote job finds its config); an
     unknown or mistyped key is an error that names it."""
-    from components import storage
+    from components.platform import storage
 
     if storage.is_remote(str(name_or_path)):
         text = storage.read_bytes(str(name_or_path)).decode()

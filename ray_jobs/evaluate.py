@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.evaluate import evaluate
-from pipelines.jobs import run_stage
+from pipelines.stages.evaluate import evaluate
+from pipelines.local.jobs import run_stage
 
 if __name__ == "__main__":
     sys.exit(run_stage("evaluate", evaluate))

@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.index import build
-from pipelines.jobs import run_stage
+from pipelines.stages.index import build
+from pipelines.local.jobs import run_stage
 
 if __name__ == "__main__":
     sys.exit(run_stage("index", build))

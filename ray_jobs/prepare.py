@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.jobs import run_stage
-from pipelines.prepare import prepare
+from pipelines.local.jobs import run_stage
+from pipelines.stages.prepare import prepare
 
 if __name__ == "__main__":
     sys.exit(run_stage("prepare", prepare))

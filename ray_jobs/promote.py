@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.jobs import run_stage
-from pipelines.promote import promote
+from pipelines.local.jobs import run_stage
+from pipelines.stages.promote import promote
 
 if __name__ == "__main__":
     sys.exit(run_stage("promote", promote))

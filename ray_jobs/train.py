@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.jobs import run_stage
-from pipelines.train import train
+from pipelines.local.jobs import run_stage
+from pipelines.stages.train import train
 
 if __name__ == "__main__":
     sys.exit(run_stage("train", train))

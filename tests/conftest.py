@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from components.base_models import smollm2_tokenizer, tiny_llama
-from components.corpus import Corpus
-from components.model import OneGenModel
-from components.schema import Document, Example
-from components.train_loop import TrainResult
+from components.model.base import smollm2_tokenizer, tiny_llama
+from components.data.corpus import Corpus
+from components.model.onegen import OneGenModel
+from components.data.schema import Document, Example
+from components.model.train_loop import TrainResult
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ class TrainedTiny:
 
 
 def _recall(model: OneGenModel, corpus: Corpus, rows) -> float:
-    from components.evaluation import in_stream_recall
+    from components.eval.teacher_forced import in_stream_recall
 
     return in_stream_recall(model, rows, model.embed_documents(list(corpus)), corpus.ids)["recall@1"]
 
@@ -91,9 +91,9 @@ def trained_tiny(base_tokenizer) -> TrainedTiny:
 
     import torch
 
-    from components.batching import Collator
+    from components.data.collate import Collator
     from components.config import LossConfig
-    from components.train_loop import train
+    from components.model.train_loop import train
 
     tokenizer = copy.deepcopy(base_tokenizer)
     model = OneGenModel.build(tiny_llama(tokenizer), tokenizer)
@@ -102,7 +102,7 @@ def trained_tiny(base_tokenizer) -> TrainedTiny:
     before = _recall(model, corpus, rows)
     collate, rng = Collator(model.encoder.pad_id), random.Random(0)
     batches = (collate(rng.sample(rows, 8)) for _ in iter(int, 1))
-    result = train(model, torch.optim.AdamW(model.parameters(), lr=3e-3), batches, LossConfig(temperature=0.05), max_steps=150)
+    result = train(model, torch.optim.AdamW(model.parameters(), lr=3e-3), batches, LossConfig(temperature=0.05), max_steps=300)
     model.eval()
     return TrainedTiny(model, corpus, examples, result, before, _recall(model, corpus, rows))
 

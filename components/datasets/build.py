@@ -8,7 +8,7 @@
     stats.json                            counts per source, per file and per split
 
 Source rows are screened before they are written (so the files hold only good rows), then every
-written file is read back through `components.dataset`: the counts reported are of rows that
+written file is read back through `components.data.loading`: the counts reported are of rows that
 pass the schema and the corpus checks on disk, not of rows the builders meant to write.
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from components.corpus import Corpus
-from components.dataset import example_check, iter_examples, load_corpus
+from components.data.corpus import Corpus
+from components.data.loading import example_check, iter_examples, load_corpus
 from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
 from components.datasets.inverse_cloze import ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
-from components.schema import Example
-from components.validation import ScreenReport, screen
+from components.data.schema import Example
+from components.data.screening import ScreenReport, screen
 
 QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")
@@ -93,7 +93,7 @@ def no_negatives(queries: list[str], gold: list[str]) -> list[list[str]]:
 
 def minilm_miner(articles: VitalArticles, k: int, cache_dir: Path) -> NegativeMiner:
     from components.datasets.negatives import MiniLMNegatives, embed_articles  # loads torch and MiniLM
-    from components.minilm import MiniLMRetriever
+    from components.retrieval.minilm import MiniLMRetriever
 
     retriever = MiniLMRetriever()
     matrix = embed_articles(retriever, articles, cache_dir)

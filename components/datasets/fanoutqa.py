@@ -17,9 +17,9 @@ import json
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 
-from components.datasets.packages import package_file
+from components.packages import package_file
 from components.datasets.text import full_stop
-from components.special_tokens import QUERY
+from components.tokens import QUERY
 
 PACKAGE = "fanoutqa"
 DEV = "data/fanout-final-dev.json"

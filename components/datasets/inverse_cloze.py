@@ -16,8 +16,8 @@ import random
 
 from components.datasets.text import full_stop, sentences
 from components.datasets.vital_articles import VitalArticles
-from components.schema import Document
-from components.special_tokens import QUERY
+from components.data.schema import Document
+from components.tokens import QUERY
 
 MIN_WORDS = 6  # shorter sentences ("He died in 1900.") rarely say which article they come from
 

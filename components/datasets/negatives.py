@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from components.datasets.vital_articles import VitalArticles
-from components.minilm import MiniLMRetriever, corpus_matrix, document_text, search
+from components.retrieval.minilm import MiniLMRetriever, corpus_matrix, document_text, search
 
 
 def embed_articles(retriever: MiniLMRetriever, articles: VitalArticles, cache_dir: Path | None = None) -> np.ndarray:

@@ -26,10 +26,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ray import serve
 
-from components.batcher import Batcher
+from components.generation.batcher import Batcher
 from components.config import FrozenConfig
-from components.decoder import Event, GenerationConfig, InStreamDecoder
-from components.model import OneGenModel
+from components.generation.decoder import Event, GenerationConfig, InStreamDecoder
+from components.model.onegen import OneGenModel
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
 
@@ -70,7 +70,7 @@ class Loaded:
 def _where(args: ServeArgs) -> tuple[str, str | None, str]:
     """(model dir, index dir, version) for the args' model source."""
     if args.model_uri is not None:
-        from components.registry import resolve
+        from components.platform.registry import resolve
 
         resolved = resolve(args.model_uri, args.tracking_uri)
         return resolved.model_dir, resolved.index_dir, str(resolved.version)
@@ -208,7 +208,7 @@ class OneGenServer:
             self.faiss.drop(key)
 
     def _follow_alias(self) -> None:
-        from components.registry import current_version
+        from components.platform.registry import current_version
 
         while not self._stop.wait(self.args.poll_interval_s):
             try:

@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from components.index import DocumentIndex, Hit
+from components.retrieval.index import DocumentIndex, Hit
 
 
 @ray.remote(max_concurrency=1)

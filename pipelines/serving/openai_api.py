@@ -16,7 +16,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from components.decoder import Hop
+from components.generation.decoder import Hop
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 

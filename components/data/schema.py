@@ -1,0 +1,109 @@
+"""What a training example and a document are, as pydantic models.
+
+An example is a chat whose final assistant message contains `[RQ]` markers where the model must
+search. For the i-th `[RQ]`, `positives[i]` lists the acceptable document ids (the first one is
+the passage inserted after it in training) and `negatives[i]` optional hard negatives:
+
+    {"id": "q1",
+     "messages": [{"role": "user", "content": "Who founded the city where Ada Lovelace was born?"},
+                  {"role": "assistant", "content": "Where was Ada Lovelace born?[RQ] London. ..."}],
+     "positives": [["Ada Lovelace"]],
+     "negatives": [["Lord Byron"]]}
+
+A document is `{"id", "title", "text"}`. Models here check one row alone; checks that need the
+corpus or other rows (unknown ids, duplicates) live in `validation.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from components.tokens import ALL, QUERY
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("empty_text", "must not be empty or whitespace")
+    return value
+
+
+def _problem(kind: str, field: str, message: str) -> PydanticCustomError:
+    """A model-level error that still names its field and kind (see validation.RowError)."""
+    return PydanticCustomError(kind, "{field}: " + message, {"field": field})
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+
+
+class Document(BaseModel):
+    model_config = _STRICT
+
+    id: Text
+    title: str
+    text: Text
+
+    @field_validator("title", "text")
+    @classmethod
+    def _no_special_tokens(cls, value: str) -> str:
+        found = [t for t in ALL if t in value]
+        if found:
+            raise PydanticCustomError("reserved_token", "contains reserved token(s) {found}", {"found": str(found)})
+        return value
+
+
+class Message(BaseModel):
+    model_config = _STRICT
+
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class Example(BaseModel):
+    model_config = _STRICT
+
+    id: Text
+    messages: list[Message] = Field(min_length=1)
+    positives: list[list[Text]]
+    negatives: list[list[Text]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _retrieval_tokens_match_documents(self) -> Example:
+        if self.messages[-1].role != "assistant":
+            raise _problem("invalid_value", "messages", "the last message must be the assistant's (it is what is trained)")
+        for i, message in enumerate(self.messages[:-1]):
+            if QUERY in message.content:
+                raise _problem("invalid_value", f"messages[{i}].content", f"{QUERY} may appear only in the final assistant message")
+        n_queries = self.messages[-1].content.count(QUERY)
+        if n_queries != len(self.positives):
+            raise _problem(
+                "rq_count_mismatch", "positives",
+                f"the assistant text has {n_queries} {QUERY} but there are {len(self.positives)} positive lists (one per {QUERY})",
+            )
+        for i, ids in enumerate(self.positives):
+            if not ids:
+                raise _problem("rq_count_mismatch", f"positives[{i}]", f"every {QUERY} needs at least one document id")
+        if self.negatives and len(self.negatives) != n_queries:
+            raise _problem(
+                "rq_count_mismatch", "negatives",
+                f"{len(self.negatives)} lists for {n_queries} {QUERY} (give one per {QUERY}, or none)",
+            )
+        for i, (pos, neg) in enumerate(zip(self.positives, self.negatives)):
+            if set(pos) & set(neg):
+                raise _problem("invalid_value", f"negatives[{i}]", f"{sorted(set(pos) & set(neg))} also listed as positive")
+        return self
+
+    @property
+    def prompt(self) -> list[Message]:
+        return self.messages[:-1]
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1].content
+
+    def negatives_for(self, hop: int) -> list[str]:
+        return self.negatives[hop] if self.negatives else []

@@ -1,0 +1,426 @@
+"""Decoding with in-stream retrieval, driving the model's forward with its KV cache directly.
+
+When a row samples `[RQ]`, that token is its next input as for any other token; the post-norm
+last-layer state of that very step is the query vector (no second pass, no string round trip).
+The index is searched, and `<paragraph> passage </paragraph>` goes onto the cache as one prefill
+chunk in the next step, whose last logits continue the answer.
+
+Rows of a batch share each forward. A step feeds every row its pending tokens (one sampled token,
+a whole prompt, or a passage chunk), right-aligned in a [B, W] block: padding slots are masked out
+of attention now and forever after, and position ids count only real tokens, so each row computes
+exactly what it would alone.
+
+In entity-linking mode the model writes mentions each followed by `[EL]`; the state at `[EL]` is
+matched to the nearest entity and decoding simply goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeInt, PositiveInt
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from components import tokens as st
+from components.config import FrozenConfig
+from components.model.onegen import OneGenModel
+
+
+class Index(Protocol):
+    """What the decoder needs of an index (`components.retrieval.index.DocumentIndex` is one)."""
+
+    fingerprint: str
+
+    def search(self, queries: np.ndarray, k: int) -> list[list]: ...
+
+
+class QueryEncoder(Protocol):
+    """A separate way to turn query text into vectors (a baseline's retriever): the decoder then
+    encodes each hop's sub-question with it instead of using the [RQ] state it already has."""
+
+    fingerprint: str
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+
+class GenerationConfig(FrozenConfig):
+    max_new_tokens: PositiveInt = 128  # tokens the model samples; inserted passages do not count
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] = []
+    stop_token_ids: list[int] = []  # end the answer on these (besides EOS), the token included
+    logit_bias: dict[int, float] = {}  # token id → added to its logit (as in the OpenAI API)
+    retrieval: bool = True  # off: plain decoding, [RQ] is a token like any other
+    mode: Literal["rag", "link"] = "rag"
+    top_k: PositiveInt = 1  # passages inserted per hop
+    max_retrievals: NonNegativeInt = 4  # hops per answer; [RQ] is suppressed after the last
+
+
+@dataclass
+class Hop:
+    step: int  # index of the [RQ] among the generated tokens
+    doc_ids: list[str]
+    titles: list[str]
+    scores: list[float]
+    search_s: float
+    vector: np.ndarray | None = field(default=None, repr=False)  # the query vector itself
+
+
+@dataclass
+class Link:
+    span: str  # the mention: the text generated since the previous [EL] or the answer's start
+    entity_id: str
+    title: str
+    score: float
+    step: int
+
+
+@dataclass
+class Generation:
+    text: str  # the answer as a user reads it: no retrieval tokens, no passages
+    generated: list[int]  # token ids the model sampled
+    stream: list[int]  # every token after the prompt: sampled and inserted
+    hops: list[Hop]
+    links: list[Link]
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    timings: dict[str, float]  # prefill_s, decode_s, search_s, total_s (wall time of shared steps)
+
+
+@dataclass
+class Event:
+    """A streaming event of one row: text appended, a hop done, a link made, or the end."""
+
+    row: int
+    kind: Literal["text", "hop", "link", "done"]
+    text: str = ""
+    hop: Hop | None = None
+    link: Link | None = None
+    generation: Generation | None = None
+
+
+@dataclass
+class _Row:
+    index: int
+    cfg: GenerationConfig
+    pending: list[int]  # tokens to feed in the next forward
+    prompt_tokens: int
+    length: int = 0  # real tokens in the cache
+    generated: list[int] = field(default_factory=list)
+    stream: list[int] = field(default_factory=list)
+    hops: list[Hop] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    inserted: set[str] = field(default_factory=set)
+    wants_vector: bool = False  # the pending token is a RET token whose state is needed
+    mention_start: int = 0  # generated-token index after the previous [EL]
+    mention: tuple[int, int] = (0, 0)  # generated-token span of the mention the pending [EL] links
+    text: str = ""  # the answer so far (final once the row finishes)
+    emitted: str = ""  # text already streamed
+    prefix_offset: int = 0  # incremental detokenisation: tokens before read_offset whose text is
+    read_offset: int = 0  # known, and where new text starts (the method vLLM uses)
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+    timings: dict[str, float] = field(default_factory=lambda: {"prefill_s": 0.0, "decode_s": 0.0, "search_s": 0.0})
+    started: float = field(default_factory=time.perf_counter)
+
+
+class InStreamDecoder:
+    def __init__(
+        self,
+        model: OneGenModel,
+        index: Index | None = None,
+        entity_index: Index | None = None,
+        query_encoder: QueryEncoder | None = None,
+    ):
+        for name, idx in (("index", index), ("entity_index", entity_index)):
+            if idx is None:
+                continue
+            expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
+            if idx.fingerprint != expected:
+                raise ValueError(
+                    f"{name} was built by another model (fingerprint {idx.fingerprint}, the query "
+                    f"encoder's {expected}): its vectors are not comparable; rebuild it with this model"
+                )
+        self.model = model
+        self.query_encoder = query_encoder
+        self.index = index
+        self.entity_index = entity_index
+        enc = model.encoder
+        self.query_id = enc.query_id
+        self.entity_id = enc.special[st.ENTITY]
+        self.system_ids = [enc.special[t] for t in (st.PARAGRAPH_OPEN, st.PARAGRAPH_CLOSE, st.DOCUMENT)]
+        self.stop_ids = enc.eos_ids
+        self.max_context = getattr(model.hf.config.get_text_config(), "max_position_embeddings", None)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> list[Generation]:
+        """Decode `prompts` (token ids, e.g. `model.encoder.prompt(messages)`) together."""
+        results: list[Generation | None] = [None] * len(prompts)
+        for event in self.stream(prompts, configs):
+            if event.kind == "done":
+                results[event.row] = event.generation
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def stream(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> Iterator[Event]:
+        """Decode together, yielding events as they happen (for streaming servers)."""
+        if isinstance(configs, GenerationConfig):
+            configs = [configs] * len(prompts)
+        rows = [self._new_row(i, p, c) for i, (p, c) in enumerate(zip(prompts, configs, strict=True))]
+        self.model.eval()
+        cache = DynamicCache()
+        mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.model.device)
+        live = list(rows)  # rows still decoding, in cache-batch order
+        while live:
+            hidden, logits, mask, seconds = self._forward(live, cache, mask)
+            mask = _compact(cache, mask)
+            events = self._advance(live, hidden, logits, seconds)
+            finished = [r for r in live if r.finish_reason is not None]
+            for row in finished:
+                events.append(Event(row.index, "done", generation=self._result(row)))
+            if finished:
+                keep = [i for i, r in enumerate(live) if r.finish_reason is None]
+                live = [live[i] for i in keep]
+                if live:  # drop finished rows from the cache: later steps do not pay for them
+                    cache.batch_select_indices(torch.tensor(keep, device=mask.device))
+                    mask = mask[keep]
+            yield from events
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _forward(self, live: list[_Row], cache: DynamicCache, mask: torch.Tensor):
+        """Feed every live row its pending tokens in one forward; last-slot states and logits."""
+        width = max(len(r.pending) for r in live)
+        device = mask.device
+        ids = torch.full((len(live), width), self.model.encoder.pad_id, dtype=torch.long)
+        step_mask = torch.zeros((len(live), width), dtype=torch.long)
+        positions = torch.zeros((len(live), width), dtype=torch.long)
+        for b, row in enumerate(live):
+            n = len(row.pending)
+            ids[b, width - n :] = torch.tensor(row.pending)
+            step_mask[b, width - n :] = 1
+            positions[b] = row.length  # padding slots: any position, they are masked
+            positions[b, width - n :] = torch.arange(row.length, row.length + n)
+        mask = torch.cat([mask, step_mask.to(device)], dim=1)
+        started = time.perf_counter()
+        out = self.model.hf.get_decoder()(
+            input_ids=ids.to(device),
+            attention_mask=mask,
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[:, -1]  # the last slot is every row's last real token
+        logits = self.model.hf.get_output_embeddings()(hidden).float()
+        return hidden, logits, mask, time.perf_counter() - started
+
+    def _advance(self, live: list[_Row], hidden: torch.Tensor, logits: torch.Tensor, seconds: float) -> list[Event]:
+        events: list[Event] = []
+        searches: list[tuple[int, _Row]] = []
+        for b, row in enumerate(live):
+            fed = row.pending
+            row.length += len(fed)
+            row.timings["prefill_s" if len(fed) > 1 else "decode_s"] += seconds
+            if row.wants_vector:
+                row.wants_vector = False
+                searches.append((b, row))
+                if row.cfg.mode == "rag":
+                    continue  # the passage comes next, not a sampled token
+            token = self._sample(row, logits[b])
+            row.generated.append(token)
+            row.stream.append(token)
+            row.pending = [token]
+            if token == self.query_id and self._retrieving(row) and self.index is not None:
+                row.wants_vector = True
+            elif token == self.entity_id and row.cfg.mode == "link" and self.entity_index is not None:
+                row.wants_vector = True
+                row.mention = (row.mention_start, len(row.generated) - 1)
+                row.mention_start = len(row.generated)
+            events += self._check_finished(row, token)
+        if searches:
+            events += self._search(searches, hidden)
+        return events
+
+    def _retrieving(self, row: _Row) -> bool:
+        """May this row still emit [RQ]? (Without an index it is then a plain token, which a
+        caller can stop on: see `baselines.PipelineRAG`.)"""
+        return row.cfg.retrieval and row.cfg.mode == "rag" and len(row.hops) < row.cfg.max_retrievals
+
+    def _sample(self, row: _Row, logits: torch.Tensor) -> int:
+        cfg = row.cfg
+        if cfg.logit_bias or cfg.retrieval:
+            logits = logits.clone()  # one copy, edited in place below
+        for tid, bias in cfg.logit_bias.items():
+            logits[tid] += bias
+        if cfg.retrieval:  # the system inserts these; the model never writes them
+            logits[self.system_ids] = float("-inf")
+            if cfg.mode == "rag" and not self._retrieving(row):
+                logits[self.query_id] = float("-inf")
+            if cfg.mode == "rag" or self.entity_index is None:
+                logits[self.entity_id] = float("-inf")
+            if cfg.mode == "link":
+                logits[self.query_id] = float("-inf")
+        if cfg.temperature == 0:
+            return int(logits.argmax())
+        probs = F.softmax(logits / cfg.temperature, dim=-1)
+        if cfg.top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            cut = sorted_probs.cumsum(0) - sorted_probs >= cfg.top_p  # keep the smallest set reaching top_p
+            sorted_probs[cut] = 0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _check_finished(self, row: _Row, token: int) -> list[Event]:
+        row.text += self._new_text(row)
+        stop_at = find_stop(row.text, row.cfg.stop)
+        if stop_at >= 0:
+            row.finish_reason = "stop"
+        elif token in self.stop_ids or token in row.cfg.stop_token_ids:
+            row.finish_reason = "stop"
+        elif len(row.generated) >= row.cfg.max_new_tokens or not self._fits(row):
+            row.finish_reason = "length"
+        if row.finish_reason:
+            row.text = self._text(row)  # once, whole: exact at every boundary
+            stop_at = find_stop(row.text, row.cfg.stop)
+            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
+            safe = row.text
+        else:  # hold back what may still change: the start of a stop string
+            safe = _hold_back(row.text, row.cfg.stop)
+        if safe.startswith(row.emitted) and len(safe) > len(row.emitted):
+            delta, row.emitted = safe[len(row.emitted) :], safe
+            return [Event(row.index, "text", text=delta)]
+        return []
+
+    def _new_text(self, row: _Row) -> str:
+        """Text the newest token completes, decoding a short window instead of the whole answer
+        (which grows quadratically). Held back while it ends inside a multi-byte character."""
+        decode = self.model.tokenizer.decode
+        before = decode(row.generated[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+        after = decode(row.generated[row.prefix_offset :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        row.prefix_offset, row.read_offset = row.read_offset, len(row.generated)
+        return after[len(before) :]
+
+    def _fits(self, row: _Row) -> bool:
+        return not self.max_context or row.length + len(row.pending) <= self.max_context
+
+    def _search(self, searches: list[tuple[int, _Row]], hidden: torch.Tensor) -> list[Event]:
+        """One batched search for every row that just fed a RET token."""
+        events = []
+        for mode in ("rag", "link"):
+            group = [(b, r) for b, r in searches if r.cfg.mode == mode]
+            if not group:
+                continue
+            index = self.index if mode == "rag" else self.entity_index
+            started = time.perf_counter()  # a baseline's query encoding counts as search time
+            vectors = self._query_vectors(group, hidden)
+            # Ask for enough hits that passages already inserted in an answer can be skipped.
+            k = max(r.cfg.top_k + len(r.inserted) for _, r in group) if mode == "rag" else 1
+            results = index.search(vectors, k)
+            seconds = time.perf_counter() - started
+            for (_, row), hits, vector in zip(group, results, vectors):
+                row.timings["search_s"] += seconds
+                events.append(self._insert(row, hits, seconds, vector) if mode == "rag" else self._link(row, hits))
+        return events
+
+    def _query_vectors(self, group: list[tuple[int, _Row]], hidden: torch.Tensor) -> np.ndarray:
+        """The state each row's RET token already produced; a baseline's encoder if it has one."""
+        if self.query_encoder is not None:
+            return self.query_encoder([self._sub_question(row) for _, row in group])
+        return F.normalize(hidden[[b for b, _ in group]].float(), dim=-1).cpu().numpy()
+
+    def _sub_question(self, row: _Row) -> str:
+        """What the answer wrote since its previous hop: the text a separate retriever gets."""
+        start = row.hops[-1].step + 1 if row.hops else 0
+        return self.model.tokenizer.decode(row.generated[start:], skip_special_tokens=True).strip()
+
+    def _insert(self, row: _Row, hits: list, seconds: float, vector: np.ndarray) -> Event:
+        fresh = [h for h in hits if h.doc_id not in row.inserted][: row.cfg.top_k]
+        chunk = [t for h in fresh for t in self.model.encoder.passage(h.document)]
+        row.inserted.update(h.doc_id for h in fresh)
+        hop = Hop(len(row.generated) - 1, [h.doc_id for h in fresh], [h.title for h in fresh], [h.score for h in fresh], seconds, vector)
+        row.hops.append(hop)
+        row.pending = chunk
+        row.stream += chunk
+        if not self._fits(row):  # no room for the passage: the answer ends here
+            row.finish_reason, row.text = "length", self._text(row)
+            stop_at = find_stop(row.text, row.cfg.stop)
+            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
+        return Event(row.index, "hop", hop=hop)
+
+    def _link(self, row: _Row, hits: list) -> Event:
+        start, end = row.mention
+        span = self.model.tokenizer.decode(row.generated[start:end], skip_special_tokens=True).strip()
+        best = hits[0]
+        link = Link(span, best.doc_id, best.title, best.score, end)
+        row.links.append(link)
+        return Event(row.index, "link", link=link)
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def _new_row(self, index: int, prompt: Sequence[int], cfg: GenerationConfig) -> _Row:
+        if not prompt:
+            raise ValueError(f"prompt {index} is empty")
+        if self.max_context and len(prompt) >= self.max_context:
+            raise ValueError(f"prompt {index} has {len(prompt)} tokens; the model's context is {self.max_context}")
+        generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        return _Row(index=index, cfg=cfg, pending=list(prompt), prompt_tokens=len(prompt), generator=generator)
+
+    def _text(self, row: _Row) -> str:
+        return self.model.tokenizer.decode(row.generated, skip_special_tokens=True)
+
+    def _result(self, row: _Row) -> Generation:
+        return Generation(
+            text=row.text,
+            generated=row.generated,
+            stream=row.stream,
+            hops=row.hops,
+            links=row.links,
+            finish_reason=row.finish_reason,
+            prompt_tokens=row.prompt_tokens,
+            timings=dict(row.timings, total_s=time.perf_counter() - row.started),
+        )
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int:
+    """Where the first stop string starts in `text`, or -1."""
+    return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+
+
+def _hold_back(text: str, stops: Sequence[str]) -> str:
+    """`text` without a tail that could be the start of a stop string."""
+    cut = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return text[: len(text) - cut]
+
+
+# A step feeds rows different numbers of tokens, so the shorter ones get padding slots in the KV
+# cache that stay masked for good. Once more than this share of the cache is padding, each row's
+# real entries are moved to the right end: attention depends only on the mask and on the keys,
+# which carry their rotary position already, so the result is unchanged.
+COMPACT_AT = 0.5
+
+
+def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop padding slots shared by the whole batch; returns the new attention mask."""
+    width = int(mask.sum(1).max())
+    if mask.numel() == 0 or 1 - mask.sum().item() / mask.numel() <= COMPACT_AT or width == mask.shape[1]:
+        return mask
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # sliding windows etc.: leave as is
+        return mask
+    # Stable sort puts each row's padding first and its real slots last, both in order.
+    keep = torch.argsort(mask, dim=1, stable=True)[:, -width:]
+    for layer in cache.layers:
+        index = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layer.keys = torch.gather(layer.keys, 2, index)
+        layer.values = torch.gather(layer.values, 2, index)
+    return torch.gather(mask, 1, keep)

@@ -1,0 +1,103 @@
+"""Stages as Ray jobs: the entrypoint side (`python -m ray_jobs.<stage> --config FILE`) and the
+submitting side (`onegen <stage> --config PRESET`), which is exactly
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.<stage> --config FILE
+
+through Ray's job API: it prints the job id, streams the logs and exits non-zero when the job fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from pipelines.checkout import REPO
+from pipelines.config import PipelineConfig, dump_config, load_config, resolve_local_paths
+
+STAGES = ("prepare", "train", "index", "evaluate", "promote")
+# Paths the job's working-directory upload leaves out: big, or this machine's own state.
+EXCLUDES = [".onegen", "data", "bench/results", "**/__pycache__"]  # .git and .venv: Ray leaves them out itself
+
+
+class StageError(RuntimeError):
+    """A stage failed for a reason the user can act on; the message says what to do."""
+
+
+def run_stage(stage: str, fn: Callable[[PipelineConfig], object], argv: list[str] | None = None) -> int:
+    """The body of `ray_jobs.<stage>`: parse, connect, run `fn(config)`, exit code."""
+    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{stage}")
+    parser.add_argument("--config", required=True, help="a preset name or a YAML file")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        import ray
+
+        ray.init(log_to_driver=True)  # inside a Ray job: its cluster; run directly: a local one
+        result = fn(cfg)
+        summary = getattr(result, "summary", None)
+        print(summary() if callable(summary) else result if result is not None else f"{stage}: done", flush=True)
+        return 0
+    except StageError as err:
+        print(f"{stage} failed: {err}", file=sys.stderr, flush=True)
+        return 1
+    except Exception:  # anything else: the traceback is the message
+        traceback.print_exc()
+        return 1
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="a preset (tiny, smollm2-cpu, ...) or a YAML file")
+    parser.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard (RAY_ADDRESS of `onegen status`)")
+    parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
+
+
+def write_job_config(cfg: PipelineConfig, stage: str) -> str:
+    """The config the job reads, with this machine's relative paths made absolute (the job runs in
+    a copy of the working directory): under the storage root when that is remote (a remote
+    cluster reads it there), else under .onegen/jobs. Kept for the record either way."""
+    from components.platform import storage
+
+    name = f"{cfg.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    if storage.is_remote(cfg.storage.root):
+        location = f"{cfg.paths.root}/jobs/{name}"
+        storage.write_bytes(location, dump_config(cfg).encode(), cfg.storage.s3_endpoint_url)
+        return location
+    path = REPO / ".onegen" / "jobs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg))
+    return str(path)
+
+
+def submit(stage: str, config: str | PipelineConfig, address: str, wait: bool = True) -> int:
+    """Submit `ray_jobs.<stage>` with `config` (a preset, a file, or a config); with `wait`, stream
+    its logs and return 0 only if it succeeded."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    cfg = resolve_local_paths(config if isinstance(config, PipelineConfig) else load_config(config), Path.cwd())
+    path = write_job_config(cfg, stage)
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(
+        entrypoint=f"python -m ray_jobs.{stage} --config {path}",
+        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
+        metadata={"onegen_stage": stage, "onegen_run": cfg.name},
+    )
+    print(f"submitted {stage} job {job_id} to {address} (config {path})", flush=True)
+    if not wait:
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    print(f"{stage} job {job_id}: {status.value}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1

@@ -1,0 +1,119 @@
+"""The main job: the whole pipeline on one machine, as a user would run it by hand.
+
+    onegen up                          Ray head + MLflow on 127.0.0.1 (reused if running)
+    onegen data build                  the datasets from the installed packages
+    onegen prepare|train|index|eval|promote --config <preset>   each a `ray job submit`
+
+then a table of what came out: in-stream Recall@k beside MiniLM's, the promotion decision and
+the time each stage took, read back from MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.platform import storage
+from pipelines.config import PipelineConfig, load_config, resolve_local_paths
+from pipelines.local.jobs import submit
+
+STAGES = ("prepare", "train", "index", "evaluate", "promote")
+
+
+@dataclass
+class MainReport:
+    config: PipelineConfig
+    seconds: dict[str, float] = field(default_factory=dict)
+    failed: str | None = None
+
+
+def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
+    from pipelines.local.stack import StackConfig, up
+
+    cfg = resolve_local_paths(load_config(preset), Path.cwd())
+    report = MainReport(cfg)
+    plan = [(stage, "onegen") for stage in STAGES]
+    if cfg.evaluate.plain_lm_baseline:  # evaluate compares generation with it: train it first
+        plan.insert(STAGES.index("evaluate"), ("train", "plain_lm"))
+    total = 2 + len(plan)
+    with _timed(report, "stack"):
+        _header(1, total, "local stack (Ray head, MLflow)")
+        status = up(StackConfig.load(stack_config))
+        print(status.report(), flush=True)
+    # The jobs use this stack, whatever ports it was given.
+    cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": status.mlflow.address})})
+    report.config = cfg
+    stages = [(stage, cfg if variant == "onegen" else cfg.plain_lm()) for stage, variant in plan]
+
+    if not storage.is_remote(cfg.data.dir):
+        with _timed(report, "data"):
+            from components.datasets.build import build_datasets
+
+            _header(2, total, f"data build into {cfg.data.dir}")
+            print(build_datasets(cfg.data.dir).summary(), flush=True)
+
+    for n, (stage, stage_cfg) in enumerate(stages, start=3):
+        label = stage if stage_cfg.variant == "onegen" else f"{stage} ({stage_cfg.variant} baseline)"
+        _header(n, total, f"{label} (ray job submit)")
+        with _timed(report, label):
+            code = submit(stage, stage_cfg, status.ray.address)
+        if code:
+            report.failed = label
+            break
+    return report
+
+
+def _header(n: int, total: int, what: str) -> None:
+    print(f"\n== [{n}/{total}] {what}", flush=True)
+
+
+class _timed:
+    def __init__(self, report: MainReport, name: str):
+        self.report, self.name = report, name
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.report.seconds[self.name] = time.perf_counter() - self.started
+
+
+def final_table(report: MainReport) -> str:
+    """Recall@k of this model beside MiniLM's, the promotion, and the timings."""
+    from mlflow import MlflowClient
+
+    cfg = report.config
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    lines = []
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{cfg.name}' and tags.`onegen.stage` = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []  # fmt: skip
+    if runs:
+        m = runs[0].data.metrics
+        ks = cfg.evaluate.ks
+        lines += ["", f"{'':>14} " + " ".join(f"{'R@' + str(k):>7}" for k in ks) + f" {'MRR':>7}"]
+        for who in ("in_stream", "minilm"):
+            label = "OneGen (ours)" if who == "in_stream" else "MiniLM"
+            row = [m.get(f"{who}_recall_at_{k}") for k in ks] + [m.get(f"{who}_mrr")]
+            lines.append(f"{label:>14} " + " ".join(f"{v:7.3f}" if v is not None else f"{'-':>7}" for v in row))
+        extra = {k: m[k] for k in ("answer_loose_acc", "answer_f1", "heldout_lm_loss", "lm_loss_vs_plain_lm") if k in m}
+        if extra:
+            lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+        lines.append(f"  MLflow run: {cfg.mlflow.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{runs[0].info.run_id}")
+    lines += _promotion(client, cfg)
+    lines += ["", "  " + ", ".join(f"{name} {s:.0f}s" for name, s in report.seconds.items())
+              + f"; total {sum(report.seconds.values()) / 60:.1f} min"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _promotion(client, cfg: PipelineConfig) -> list[str]:
+    from components.platform.registry import champion_version
+
+    champion = champion_version(client, cfg.mlflow.registered_model)
+    if champion is None:
+        return ["  no @champion registered"]
+    newest = max(client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'"), key=lambda v: int(v.version))
+    reason = newest.tags.get("onegen.reason", "")
+    return [f"  registry: {cfg.mlflow.registered_model} v{newest.version} → @{newest.tags.get('onegen.promotion', '?')} ({reason}); "
+            f"@champion is v{champion.version}: {cfg.mlflow.tracking_uri}/#/models/{cfg.mlflow.registered_model}"]  # fmt: skip

@@ -1,0 +1,257 @@
+"""index (Ray Data actor pool): the corpus → [RD] vectors of the trained model → a FAISS index.
+
+    corpus.jsonl ─(corpus_limit: the dev hops' gold pages and hard negatives, then a seeded sample)─▶
+      documents with their position ─map_batches(EmbedDocuments actors)─▶ (position, vector)
+      ─in position order─▶ build_from_vectors ─▶ paths.index, logged to the model's MLflow run
+
+Each actor loads the model once and embeds whole batches with `OneGenModel.embed_documents`, the
+call the in-process `components.retrieval.index.build_index` makes: the two paths give the same vectors.
+Ray Data returns batches in any order; the `position` column puts every vector back in its row.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from components.platform import storage
+from components.data.corpus import Corpus
+from components.data.loading import iter_examples, load_corpus
+from components.retrieval.index import build_from_vectors
+from components.model.onegen import ONEGEN_CONFIG, OneGenModel
+from components.data.schema import Document
+from components.data.screening import ScreenReport
+from pipelines.config import PipelineConfig
+from pipelines.local.jobs import StageError
+
+SAMPLE_SEED = 0  # which non-dev documents a corpus_limit keeps: the same ones on every run
+STAGE_TAG = "onegen.stage"
+
+
+@dataclass
+class IndexReport:
+    location: str
+    documents: int  # indexed
+    corpus_documents: int  # in the corpus file (after screening)
+    gold_documents: int  # dev gold pages among the indexed (all of them under a corpus_limit)
+    negative_documents: int  # dev hard negatives among the indexed, gold pages aside
+    dimension: int
+    kind: str
+    fingerprint: str
+    seconds: float  # embedding (actor start and model load included) and FAISS build
+    run_id: str
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.documents / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        return (f"indexed {self.documents} of {self.corpus_documents} documents ({self.gold_documents} dev gold pages, "
+                f"{self.negative_documents} hard negatives), dimension {self.dimension}, {self.kind}, model "
+                f"{self.fingerprint}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
+                f"MLflow run {self.run_id}")
+
+
+# -- locations --------------------------------------------------------------------------------
+
+
+def local_dir(fs: pafs.FileSystem, path: str, scratch: str | Path) -> Path:
+    """A directory as a local path: itself when local, else copied into `scratch`. Takes the
+    filesystem object, not a URI: it carries the credentials to workers that have none."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Path(path)
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(scratch), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return Path(scratch)
+
+
+def local_file(location: str, endpoint: str | None, scratch: str | Path) -> Path:
+    """A file as a local path (the in-process readers take paths): itself, or a downloaded copy."""
+    if not storage.is_remote(location):
+        return Path(location)
+    path = Path(scratch) / location.rsplit("/", 1)[-1]
+    path.write_bytes(storage.read_bytes(location, endpoint))
+    return path
+
+
+def load_model(location: str, endpoint: str | None, scratch: str | Path) -> OneGenModel:
+    if not storage.exists(f"{location}/{ONEGEN_CONFIG}", endpoint):
+        raise StageError(f"no trained model at {location} (no {ONEGEN_CONFIG}): run the train stage first")
+    fs, path = storage.filesystem(location, endpoint)
+    return OneGenModel.from_pretrained(local_dir(fs, path, scratch))
+
+
+def model_fingerprint(location: str, endpoint: str | None) -> str:
+    """The fingerprint a saved model carries (what `from_pretrained(...).fingerprint()` returns),
+    without loading its weights on the driver."""
+    if not storage.exists(f"{location}/{ONEGEN_CONFIG}", endpoint):
+        raise StageError(f"no trained model at {location} (no {ONEGEN_CONFIG}): run the train stage first")
+    return json.loads(storage.read_bytes(f"{location}/{ONEGEN_CONFIG}", endpoint))["fingerprint"]
+
+
+# -- MLflow: the index and the evaluation belong to the model version they were made with -------
+
+
+def model_run(cfg: PipelineConfig, stage: str) -> str:
+    """The latest training run of this pipeline (run name `cfg.name`, tag onegen.stage=train) in
+    the experiment; if there is none, a new run tagged with `stage`, so nothing goes unlogged."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{cfg.name}' and tags.`{STAGE_TAG}` = 'train'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=cfg.name, tags={STAGE_TAG: stage})
+    client.set_terminated(run.info.run_id)  # a record, not a live run
+    return run.info.run_id
+
+
+# -- which documents ----------------------------------------------------------------------------
+
+
+def dev_documents(cfg: PipelineConfig, corpus: Corpus, scratch: str | Path) -> tuple[list[str], list[str]]:
+    """(gold pages, hard negatives) of every dev hop, in first-seen order, each id once."""
+    path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.dev}", cfg.storage.s3_endpoint_url, scratch)
+    gold: dict[str, None] = {}
+    negatives: dict[str, None] = {}
+    for example in iter_examples(path, corpus, ScreenReport(source=str(path))):
+        for hop in range(len(example.positives)):
+            gold.update(dict.fromkeys(example.positives[hop]))
+            negatives.update(dict.fromkeys(example.negatives_for(hop)))
+    return list(gold), [d for d in negatives if d not in gold]
+
+
+def choose_documents(corpus: Corpus, gold: list[str], negatives: list[str], limit: int | None) -> Corpus:
+    """The whole corpus, or `limit` documents: every gold page, hard negatives while they fit,
+    then a seeded sample of the rest. Kept in corpus order, so the choice alone decides the index."""
+    if limit is None or limit >= len(corpus):
+        return corpus
+    if len(gold) > limit:
+        raise StageError(f"index.corpus_limit={limit} is below the {len(gold)} gold pages of the dev hops: "
+                         "recall would count pages that were never indexed; raise it")
+    chosen = set(gold) | set(negatives[: limit - len(gold)])
+    rest = [d for d in corpus.ids if d not in chosen]
+    chosen |= set(random.Random(SAMPLE_SEED).sample(rest, limit - len(chosen)))
+    return Corpus(d for d in corpus if d.id in chosen)
+
+
+# -- embedding ----------------------------------------------------------------------------------
+
+
+class EmbedDocuments:
+    """A Ray Data actor: loads the model once, then embeds batches of documents."""
+
+    def __init__(self, model_fs: pafs.FileSystem, model_path: str, fingerprint: str, batch_size: int, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # as many as the CPUs this actor reserved
+        self._scratch = tempfile.TemporaryDirectory(prefix="onegen-model-")  # lives as long as the actor
+        self.model = OneGenModel.from_pretrained(local_dir(model_fs, model_path, self._scratch.name))
+        if self.model.fingerprint() != fingerprint:  # the model was replaced since the stage started
+            raise StageError(f"{model_path}: model {self.model.fingerprint()}, the stage indexes for {fingerprint}")
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        docs = [Document(id=str(i), title=str(t), text=str(x)) for i, t, x in zip(batch["id"], batch["title"], batch["text"])]
+        return {"position": batch["position"], "vector": self.model.embed_documents(docs, self.batch_size).numpy()}
+
+
+def embed_corpus(corpus: Corpus, model_location: str, fingerprint: str, endpoint: str | None, batch_size: int,
+                 actors: int, cpus_per_actor: float) -> np.ndarray:
+    """[len(corpus), H] unit vectors, row i = corpus.at(i), embedded by an actor pool."""
+    import ray
+
+    fs, path = storage.filesystem(model_location, endpoint)
+    rows = [{"position": i, "id": d.id, "title": d.title, "text": d.text} for i, d in enumerate(corpus)]
+    embedded = ray.data.from_items(rows).map_batches(
+        EmbedDocuments,
+        fn_constructor_kwargs={"model_fs": fs, "model_path": path, "fingerprint": fingerprint,
+                               "batch_size": batch_size, "threads": max(1, int(cpus_per_actor))},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+    )
+    vectors: np.ndarray | None = None
+    seen = np.zeros(len(corpus), dtype=bool)
+    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+        if vectors is None:
+            vectors = np.empty((len(corpus), batch["vector"].shape[1]), dtype=np.float32)
+        vectors[batch["position"]] = batch["vector"]
+        seen[batch["position"]] = True
+    if vectors is None or not seen.all():
+        raise StageError(f"the actor pool returned vectors for {int(seen.sum())} of {len(corpus)} documents")
+    return vectors
+
+
+# -- the stage ----------------------------------------------------------------------------------
+
+
+def build(cfg: PipelineConfig) -> IndexReport:
+    """Run the stage: embed, index, save to `cfg.paths.index`, log to the model's MLflow run."""
+    endpoint = cfg.storage.s3_endpoint_url
+    run_id = model_run(cfg, "index")  # first: a wrong tracking URI fails now, not after the embedding
+    with tempfile.TemporaryDirectory(prefix="onegen-index-") as scratch:
+        tmp = Path(scratch)
+        fingerprint = model_fingerprint(cfg.paths.model, endpoint)
+        corpus_path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.corpus}", endpoint, tmp)
+        corpus, screened = load_corpus(corpus_path)
+        if screened.quarantined:  # those documents are left out of the index: say so
+            print(f"warning: {screened.summary()}", flush=True)
+        gold, negatives = dev_documents(cfg, corpus, tmp)
+        chosen = choose_documents(corpus, gold, negatives, cfg.index.corpus_limit)
+
+        started = time.perf_counter()
+        vectors = embed_corpus(chosen, cfg.paths.model, fingerprint, endpoint, cfg.index.batch_size,
+                               cfg.index.actors, cfg.index.cpus_per_actor)
+        index = build_from_vectors(vectors, chosen, fingerprint, cfg.index.index)
+        seconds = time.perf_counter() - started
+
+        saved = _save(index, cfg.paths.index, endpoint, tmp / "index")
+        report = IndexReport(
+            location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus),
+            gold_documents=sum(d in chosen for d in gold), negative_documents=sum(d in chosen for d in negatives),
+            dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
+            run_id=run_id,
+        )
+        _log(cfg, report, saved)
+    return report
+
+
+def _save(index, location: str, endpoint: str | None, scratch: Path) -> Path:
+    """Save to `location`; for S3 through `scratch`, replacing what an earlier run left there.
+    Returns the local copy (which MLflow logs)."""
+    if not storage.is_remote(location):
+        return index.save(location)
+    index.save(scratch)
+    fs, path = storage.filesystem(location, endpoint)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    storage.copy_dir(str(scratch), location, endpoint)
+    return scratch
+
+
+def _log(cfg: PipelineConfig, report: IndexReport, index_dir: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    for key, value in {"index_documents": report.documents, "index_seconds": report.seconds,
+                       "index_docs_per_s": report.docs_per_s}.items():
+        client.log_metric(report.run_id, key, float(value))
+    # Tags, not params: a rebuilt index replaces them (a param may never change).
+    for key, value in {"location": report.location, "fingerprint": report.fingerprint, "kind": report.kind,
+                       "corpus_limit": cfg.index.corpus_limit}.items():
+        client.set_tag(report.run_id, f"onegen.index.{key}", str(value))
+    client.log_artifacts(report.run_id, str(index_dir), artifact_path="index")

@@ -1,0 +1,239 @@
+"""The function every Ray Train worker runs: `components.model.train_loop.train` with a DeepSpeed engine.
+
+    shard of paths.prepared/train ─iter_batches─▶ Collator ─▶ engine (ZeRO 1/2/3) ─▶ joint loss
+        with the other workers' documents as negatives (all_gather) ─▶ MLflow (rank 0)
+        ─every checkpoint_every steps and at the end─▶ ray.train.report(checkpoint)
+
+It lives in the package, not in the driver's module, so that workers can import it. Resuming is
+Ray Train's: after a worker failure (or when the same RunConfig runs again) `get_checkpoint()`
+returns the latest checkpoint and the loop carries on from its step.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from components.model.base import load_base
+from components.data.collate import Batch, Collator
+from components.config import TrainConfig
+from components.model.losses import all_gather
+from components.model.onegen import OneGenModel
+from components.model.train_loop import DeepSpeedUpdate, StepMetrics, train
+from pipelines.stages import checkpoints
+from pipelines.config import PipelineConfig
+
+STEP_METRICS = ("loss", "lm_loss", "ret_loss", "lr")  # logged as they are; tokens/s is the world's
+
+
+def build_model(cfg: TrainConfig) -> OneGenModel:
+    """The base model with OneGen's tokens and LoRA, as the config says. The seed makes LoRA's
+    random init the same on every worker and in the driver."""
+    torch.manual_seed(cfg.optim.seed)
+    lm, tokenizer = load_base(cfg.model.source, dtype=getattr(torch, cfg.model.dtype))
+    return OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)
+
+
+def model_fingerprint(cfg: TrainConfig) -> str:
+    """What the weights depend on; optimiser settings (lr, max_steps) may change on resume."""
+    return checkpoints.config_fingerprint({"model": cfg.model.model_dump(mode="json"), "max_length": cfg.max_length})
+
+
+def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warmup over `warmup_steps` updates (the first one already moves), then
+    constant. Constant rather than cosine so that raising max_steps and resuming stays sound."""
+    return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+
+
+def deepspeed_config(cfg: PipelineConfig) -> dict:
+    ds, optim = cfg.workers.deepspeed, cfg.train.optim
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.workers.use_gpu}
+    return {
+        "train_micro_batch_size_per_gpu": optim.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": optim.grad_clip or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.bf16 and cfg.workers.use_gpu},  # CPU workers train in float32
+        "zero_allow_untested_optimizer": True,  # a torch optimizer: naming one here JIT-compiles fused_adam
+        "steps_per_print": 10**9,  # the loop logs; DeepSpeed's own step log is noise
+    }
+
+
+def make_optimizer(model: OneGenModel, cfg: PipelineConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = cfg.train.optim
+    if cfg.workers.deepspeed.offload_optimizer:
+        # ZeRO-Offload steps on the CPU: DeepSpeed's vectorised Adam, not torch's (far too slow there).
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=optim.lr, weight_decay=optim.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def initialize(model: OneGenModel, cfg: PipelineConfig):
+    """The DeepSpeed engine around the model; Ray Train has already set up torch.distributed."""
+    import deepspeed
+
+    if cfg.train.model.gradient_checkpointing:
+        model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(cfg.train.optim.warmup_steps))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+    return engine
+
+
+def batches(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
+    """Batches of the worker's shard, epoch after epoch, each epoch in a new shuffled order.
+    Shards are split equally (Ray Train's default), so every worker starts its next epoch on the
+    same step: the shard's epochs are a collective and must not straddle one."""
+    collate = Collator(pad_id)
+    epoch = 0
+    while True:
+        n = 0
+        for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                        local_shuffle_buffer_size=16 * batch_size, local_shuffle_seed=seed + epoch):
+            n += 1
+            yield collate(table.to_pylist())
+        if n == 0:
+            raise RuntimeError("this worker's shard of the training data is empty: prepare more rows than workers")
+        epoch += 1
+
+
+def world_tokens_per_s(m: StepMetrics, device) -> float:
+    """All workers' real tokens over the slowest worker's step time (a collective: every rank)."""
+    tokens = torch.tensor([float(m.tokens)], device=device)
+    seconds = torch.tensor([m.seconds], device=device)
+    dist.all_reduce(tokens, op=dist.ReduceOp.SUM)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return float(tokens) / max(float(seconds), 1e-9)
+
+
+def counting(gather):
+    """`gather` that also counts the documents of the last step: this worker's, and all that its
+    queries were scored against (theirs plus the other workers': the cross-worker negatives)."""
+    counts = {"documents": 0, "documents_scored": 0}
+
+    def gather_and_count(local: torch.Tensor):
+        out, offset = gather(local)
+        if local.dim() == 2:  # the document vectors; the other call gathers their keys
+            counts.update(documents=local.shape[0], documents_scored=out.shape[0])
+        return out, offset
+
+    return gather_and_count, counts
+
+
+def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[int, dict], None]:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+
+    def log(step: int, values: dict) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    return log
+
+
+@contextmanager
+def fetched_checkpoint(rank: int):
+    """(directory, location) of the files this rank needs from the latest checkpoint, or None."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="onegen-resume-") as tmp:
+        names = [checkpoints.STATE, checkpoints.WEIGHTS, checkpoints.optimizer_file(rank)]
+        yield tmp, checkpoints.fetch(checkpoint, names, tmp)
+
+
+class Progress:
+    """One line per step on rank 0, readable in a job's log (where a redrawn bar is not)."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total, self.began = start, total, time.perf_counter()
+
+    def __call__(self, step: int, values: dict) -> None:
+        elapsed = time.perf_counter() - self.began
+        left = elapsed / (step - self.start) * (self.total - step)
+        # Not print(): Ray Train v2 routes print through its logger, which shows it twice in a job log.
+        sys.stdout.write(f"step {step}/{self.total}  loss {values['loss']:.3f} (lm {values['lm_loss']:.3f}, "
+                         f"ret {values['ret_loss']:.3f})  {values['tokens_per_s']:.0f} tok/s  "
+                         f"{elapsed:.0f}s elapsed, ~{left:.0f}s left\n")
+        sys.stdout.flush()
+
+
+def start_engine(cfg: PipelineConfig, rank: int, world: int, fingerprint: str):
+    """(engine, TrainState or None): a fresh start, or the latest checkpoint restored: weights
+    before deepspeed.initialize (the engine partitions what it is given), then this rank's
+    optimizer partition and the LR schedule."""
+    model = build_model(cfg.train)
+    with fetched_checkpoint(rank) as found:
+        if found is None:
+            return initialize(model, cfg), None
+        directory, where = found
+        state = checkpoints.read_state(directory, where)
+        checkpoints.check_compatible(state, world_size=world, zero_stage=cfg.workers.deepspeed.zero_stage,
+                                     fingerprint=fingerprint, where=where)
+        checkpoints.load_weights(directory, model, where)
+        engine = initialize(model, cfg)
+        checkpoints.load_optimizer(directory, engine.optimizer, rank, state, where)
+        engine.lr_scheduler.load_state_dict(state.scheduler)
+        return engine, state
+
+
+def train_loop(config: dict) -> dict:
+    """The worker loop. `config`: {"pipeline": PipelineConfig as JSON, "mlflow_run_id": str,
+    "on_step": optional callable(step, rank), run on every worker after each step (tests use it
+    to kill a worker)}."""
+    cfg = PipelineConfig.model_validate(config["pipeline"])
+    optim, workers = cfg.train.optim, cfg.workers
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    stage = workers.deepspeed.zero_stage
+    fingerprint = model_fingerprint(cfg.train)
+
+    engine, state = start_engine(cfg, rank, world, fingerprint)
+    start = state.step if state else 0
+    run_id = state.mlflow_run_id if state and state.mlflow_run_id else config["mlflow_run_id"]
+    log = mlflow_logger(cfg.mlflow.tracking_uri, run_id) if rank == 0 else None
+    if log and state:
+        log(start, {"resumed_from_step": start})
+
+    def save_and_report(m: StepMetrics, values: dict) -> None:
+        train_state = checkpoints.TrainState(m.step, world, stage, fingerprint, engine.lr_scheduler.state_dict(), run_id)
+        with tempfile.TemporaryDirectory(prefix="onegen-ckpt-") as tmp:
+            checkpoints.save(tmp, engine.module, engine.optimizer, train_state, rank)
+            # Every rank reports its own directory under one name: Ray Train merges them.
+            ray.train.report({"step": m.step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_{m.step:06d}")
+
+    gather, documents = counting(all_gather)
+    progress = Progress(start, optim.max_steps) if rank == 0 else None
+
+    def after_step(m: StepMetrics) -> None:
+        values = {**{k: getattr(m, k) for k in STEP_METRICS}, "tokens_per_s": world_tokens_per_s(m, engine.device),
+                  **documents}
+        if log:
+            log(m.step, values)
+        if progress:
+            progress(m.step, values)
+        if m.step % workers.checkpoint_every == 0 or m.step == optim.max_steps:
+            save_and_report(m, values)
+        if config.get("on_step"):
+            config["on_step"](m.step, rank)
+
+    shard = ray.train.get_dataset_shard("train")
+    data = batches(shard, optim.batch_size, engine.module.encoder.pad_id, optim.seed + start)
+    result = train(engine, DeepSpeedUpdate(engine), data, cfg.train.loss, max_steps=optim.max_steps, start_step=start,
+                   gather=gather, device=engine.device, on_step=after_step)
+    return {"start_step": start, "steps": len(result.steps), "mlflow_run_id": run_id}

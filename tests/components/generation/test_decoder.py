@@ -1,0 +1,225 @@
+import numpy as np
+import pytest
+import torch
+
+from bench.common import forced_token
+from components import tokens as st
+from components.model.base import tiny_llama
+from components.generation.decoder import GenerationConfig, InStreamDecoder
+from components.retrieval.index import build_index
+from components.model.onegen import OneGenModel
+
+
+@pytest.fixture
+def random_model(tokenizer) -> OneGenModel:
+    model = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer)
+    return model.eval()
+
+
+@pytest.fixture
+def random_setup(random_model):
+    from tests.conftest import synthetic_retrieval
+
+    corpus, examples = synthetic_retrieval()
+    index = build_index(random_model, corpus)
+    prompts = [random_model.encoder.prompt(e.prompt) for e in examples]
+    return random_model, index, prompts
+
+
+@pytest.fixture(scope="module")
+def trained(trained_tiny):
+    index = build_index(trained_tiny.model, trained_tiny.corpus)
+    prompts = [trained_tiny.model.encoder.prompt(e.prompt) for e in trained_tiny.examples]
+    return trained_tiny, index, prompts
+
+
+def clean_states(model: OneGenModel, tokens: list[int], positions: list[int]) -> np.ndarray:
+    """Unit last-layer states at `positions` from one plain forward over `tokens`."""
+    with torch.no_grad():
+        hidden = model.hidden_states(torch.tensor([tokens]), torch.ones(1, len(tokens), dtype=torch.long))[0]
+    return torch.nn.functional.normalize(hidden[positions], dim=-1).numpy()
+
+
+def test_with_retrieval_off_the_tokens_equal_hf_generate(random_setup):
+    model, index, prompts = random_setup
+    decoder = InStreamDecoder(model, index)
+    eos = model.tokenizer.eos_token_id
+    for prompt in prompts[:3]:
+        ours = decoder.generate([prompt], GenerationConfig(max_new_tokens=32, retrieval=False))[0]
+        ref = model.hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        assert ours.generated == ref[0, len(prompt):].tolist()
+
+
+def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
+    model, index, prompts = random_setup
+    decoder = InStreamDecoder(model, index)
+    bias = {model.encoder.query_id: 8.0}  # this random model then searches at once, three times
+    out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=12, logit_bias=bias, max_retrievals=3))[0]
+    assert len(out.hops) == 3
+    tokens = prompts[0] + out.stream
+    positions = [i for i, t in enumerate(tokens) if t == model.encoder.query_id]
+    expected = clean_states(model, tokens, positions)
+    for hop, vector in zip(out.hops, expected):
+        assert float(hop.vector @ vector) >= 0.9999
+    # passages were fed between the hops, and never the same one twice
+    assert tokens.count(model.encoder.special[st.PARAGRAPH_OPEN]) == 3
+    assert len({d for hop in out.hops for d in hop.doc_ids}) == 3
+    # the budget is spent: [RQ] is not sampled again
+    assert out.generated.count(model.encoder.query_id) == 3
+
+
+def test_a_trained_model_retrieves_the_gold_page_mid_answer(trained):
+    tt, index, prompts = trained
+    out = InStreamDecoder(tt.model, index).generate(prompts[:12], GenerationConfig(max_new_tokens=24))
+    first_hops = [g.hops[0].doc_ids[0] if g.hops else None for g in out]
+    gold = [e.positives[0][0] for e in tt.examples[:12]]
+    assert sum(a == b for a, b in zip(first_hops, gold)) >= 10
+    assert all(g.finish_reason == "stop" for g in out)
+    for g in out:  # the answer text carries no retrieval tokens and no passages
+        assert "[RQ]" not in g.text and "<paragraph>" not in g.text and g.text.startswith(("Checking", "Let me", "I will", "One moment"))
+
+
+def test_batched_decoding_equals_decoding_each_alone(trained):
+    tt, index, prompts = trained
+    decoder = InStreamDecoder(tt.model, index)
+    configs = [
+        GenerationConfig(max_new_tokens=24),
+        GenerationConfig(max_new_tokens=24, retrieval=False),
+        GenerationConfig(max_new_tokens=5),
+        GenerationConfig(max_new_tokens=24, top_k=2),
+        GenerationConfig(max_new_tokens=24, temperature=0.8, seed=3),
+        GenerationConfig(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=4),
+        GenerationConfig(max_new_tokens=24),
+        GenerationConfig(max_new_tokens=16),
+    ]
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 4, 5, 6, 10)]
+    together = decoder.generate(chosen, configs)
+    alone = [decoder.generate([p], c)[0] for p, c in zip(chosen, configs)]
+    for a, b in zip(alone, together):
+        assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason)
+        assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
+        for ha, hb in zip(a.hops, b.hops):
+            assert float(ha.vector @ hb.vector) >= 0.9999
+    # the batch really mixed schedules: different hop steps, rows ending at different lengths
+    assert len({tuple(h.step for h in g.hops) for g in together}) >= 3
+    assert len({len(g.stream) for g in together}) >= 4
+    assert together[1].hops == [] and len(together[3].hops[0].doc_ids) == 2
+
+
+def test_top_k_inserts_that_many_paragraphs(trained):
+    tt, index, prompts = trained
+    out = InStreamDecoder(tt.model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=20, top_k=3))[0]
+    opening = tt.model.encoder.special[st.PARAGRAPH_OPEN]
+    assert len(out.hops) == 1 and len(out.hops[0].doc_ids) == 3
+    assert out.stream.count(opening) == 3
+    assert out.hops[0].scores == sorted(out.hops[0].scores, reverse=True)
+
+
+def test_sampling_is_seeded_and_top_p_narrows_it(random_setup):
+    model, index, prompts = random_setup
+    decoder = InStreamDecoder(model, index)
+
+    def run(**kw):
+        return decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=16, **kw))[0].generated
+
+    assert run(temperature=1.0, seed=7) == run(temperature=1.0, seed=7)
+    assert run(temperature=1.0, seed=7) != run(temperature=1.0, seed=8)
+    assert run(temperature=1.0, top_p=1e-6, seed=7) == run()  # only the top token survives: greedy
+
+
+def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
+    tt, index, prompts = trained
+    decoder = InStreamDecoder(tt.model, index)
+    full = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=24))[0].text
+    stop = "is called"
+    assert stop in full
+    events = list(decoder.stream([prompts[0]], GenerationConfig(max_new_tokens=24, stop=[stop])))
+    done = events[-1].generation
+    assert done.text == full[: full.index(stop)] and done.finish_reason == "stop"
+    streamed = "".join(e.text for e in events if e.kind == "text")
+    assert streamed == done.text and stop not in streamed
+    kinds = [e.kind for e in events]
+    assert kinds.count("hop") == len(done.hops) == 1 and kinds[-1] == "done"
+
+
+def test_entity_linking_mode_links_each_mention(random_setup):
+    model, index, prompts = random_setup
+    el = model.encoder.special[st.ENTITY]
+    decoder = InStreamDecoder(model, index=None, entity_index=index)
+    with forced_token(model, el, calls={3, 7, 12}):
+        out = decoder.generate([prompts[0]], GenerationConfig(mode="link", max_new_tokens=16))[0]
+    positions = [i for i, t in enumerate(out.generated) if t == el]
+    assert positions == [3, 7, 12]  # call n of the head samples generated token n (call 0: the prompt)
+    assert out.hops == [] and [link.step for link in out.links] == positions
+    bounds = [0] + [p + 1 for p in positions]
+    for link, start, end in zip(out.links, bounds, positions):
+        assert link.span == model.tokenizer.decode(out.generated[start:end], skip_special_tokens=True).strip()
+    vectors = clean_states(model, prompts[0] + out.stream, [len(prompts[0]) + p for p in positions])
+    expected = index.search(vectors, 1)
+    assert [link.entity_id for link in out.links] == [hits[0].doc_id for hits in expected]
+
+
+def test_an_index_built_by_another_model_is_refused(random_model, tokenizer):
+    other = OneGenModel.build(tiny_llama(tokenizer, seed=2), tokenizer)
+    from tests.conftest import synthetic_retrieval
+
+    corpus, _ = synthetic_retrieval()
+    with pytest.raises(ValueError, match="built by another model"):
+        InStreamDecoder(random_model, build_index(other, corpus))
+
+
+def test_the_context_limit_ends_an_answer_and_refuses_a_longer_prompt(tokenizer):
+    model = OneGenModel.build(tiny_llama(tokenizer, max_position_embeddings=64), tokenizer).eval()
+    decoder = InStreamDecoder(model)
+    prompt = model.encoder.prompt([{"role": "user", "content": "Hi"}])
+    out = decoder.generate([prompt], GenerationConfig(max_new_tokens=500, retrieval=False))[0]
+    assert out.finish_reason == "length" and len(prompt) + len(out.generated) <= 64 + 1
+    with pytest.raises(ValueError, match="the model's context is 64"):
+        decoder.generate([prompt * 3], GenerationConfig())
+
+
+def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
+    model, index, prompts = random_setup
+    widths = []
+    decoder_forward = model.hf.get_decoder().forward
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return decoder_forward(*args, **kwargs)
+
+    model.hf.get_decoder().forward = spy
+    try:
+        out = InStreamDecoder(model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.encoder.query_id: 8.0}, max_retrievals=1))[0]
+    finally:
+        del model.hf.get_decoder().forward
+    passage = len(model.encoder.passage(index.corpus[out.hops[0].doc_ids[0]]))
+    # prompt; [RQ] (its state is the query: no extra pass); the passage in one chunk; then single tokens
+    assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
+
+
+def test_compacting_the_cache_changes_nothing_but_its_width(trained, monkeypatch):
+    import components.generation.decoder as decoder_module
+
+    tt, index, prompts = trained
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 5, 6)]  # lead-ins of different lengths: staggered hops
+    widths = []
+    real_compact = decoder_module._compact
+
+    def spy(cache, mask):
+        mask = real_compact(cache, mask)
+        widths.append(mask.shape[1])
+        return mask
+
+    monkeypatch.setattr(decoder_module, "_compact", spy)
+    results = {}
+    for threshold in (1.0, 0.0):  # never, always
+        monkeypatch.setattr(decoder_module, "COMPACT_AT", threshold)
+        widths.clear()
+        results[threshold] = (InStreamDecoder(tt.model, index).generate(chosen, GenerationConfig(max_new_tokens=24)), max(widths))
+    (never, never_width), (always, always_width) = results[1.0], results[0.0]
+    for a, b in zip(never, always):
+        assert (a.generated, a.stream) == (b.generated, b.stream)
+        for ha, hb in zip(a.hops, b.hops):
+            assert float(ha.vector @ hb.vector) >= 0.9999
+    longest = max(len(p) + len(g.stream) for p, g in zip(chosen, always))
+    assert always_width <= longest < never_width  # no slot wasted beyond the longest row

@@ -1,0 +1,217 @@
+"""The Serve app for real: a local Ray Serve application with the trained tiny model, called over
+HTTP with the official `openai` client, raw HTTP, schemathesis and a load of 16 clients."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from components.retrieval.index import build_index
+from pipelines.local.processes import free_ports
+
+KEY = "test-key"
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, trained_tiny, tmp_path_factory):
+    """The app on a free port, with an API key from the replica's environment."""
+    from ray import serve
+
+    from pipelines.serving.app import deployment
+
+    root = tmp_path_factory.mktemp("serve")
+    trained_tiny.model.save_pretrained(root / "model")
+    build_index(trained_tiny.model, trained_tiny.corpus).save(root / "index")
+    (port,) = free_ports(1)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model_dir": str(root / "model"), "index_dir": str(root / "index"), "served_name": NAME,
+            "max_tokens_limit": 64, "api_key_env": "ONEGEN_TEST_KEY", "replica_cpus": 0.5, "faiss_cpus": 0.25}  # fmt: skip
+    app = deployment(args, runtime_env={"env_vars": {"ONEGEN_TEST_KEY": KEY}})
+    serve.run(app, name="onegen", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url)
+    yield url
+    serve.delete("onegen")
+    serve.shutdown()
+
+
+def _wait_healthy(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/healthz did not answer in {timeout}s")
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def ask(color_animal: str) -> list[dict]:
+    return [{"role": "user", "content": f"What is the {color_animal} called?"}]
+
+
+@pytest.fixture(scope="module")
+def in_process(trained_tiny):
+    """What the same weights answer in-process: the server must reproduce it exactly."""
+    from components.generation.decoder import GenerationConfig, InStreamDecoder
+
+    decoder = InStreamDecoder(trained_tiny.model, build_index(trained_tiny.model, trained_tiny.corpus))
+
+    def answer(messages: list[dict]):
+        return decoder.generate([trained_tiny.model.encoder.prompt(messages)], GenerationConfig(max_new_tokens=24))[0]
+
+    return answer
+
+
+@pytest.mark.timeout(300)
+def test_chat_completion_with_the_openai_client_shows_the_retrieval(client, in_process):
+    out = client.chat.completions.create(model=NAME, messages=ask("green cat"), max_tokens=24, temperature=0)
+    expected = in_process(ask("green cat"))
+    assert out.choices[0].message.content == expected.text and out.choices[0].finish_reason == "stop"
+    trace = out.model_extra["retrieval"]
+    assert [h["doc_ids"] for h in trace] == [h.doc_ids for h in expected.hops] and trace[0]["hop"] == 1
+    assert out.usage.completion_tokens == len(expected.generated) and out.usage.prompt_tokens > 0
+
+
+@pytest.mark.timeout(300)
+def test_streamed_chat_equals_the_unstreamed_answer_and_streams_the_hop(client, in_process):
+    whole = client.chat.completions.create(model=NAME, messages=ask("red dog"), max_tokens=24, temperature=0)
+    chunks = list(client.chat.completions.create(model=NAME, messages=ask("red dog"), max_tokens=24, temperature=0, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    hops = [c.model_extra["retrieval"] for c in chunks if (c.model_extra or {}).get("retrieval")]
+    assert [h["doc_ids"] for h in hops] == [h.doc_ids for h in in_process(ask("red dog")).hops] and len(hops) == 1
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.timeout(300)
+def test_completions_and_their_stream(client):
+    prompt = "The red cat"
+    out = client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, stream=True))
+    assert out.choices[0].text == streamed and out.usage.completion_tokens <= 8
+
+
+@pytest.mark.timeout(300)
+def test_embeddings_match_the_model_in_both_modes(client, trained_tiny):
+    q = client.embeddings.create(model=NAME, input=["the green cat", "a dog"])  # the client asks for base64
+    assert [len(d.embedding) for d in q.data] == [64, 64]
+    np.testing.assert_allclose(q.data[0].embedding, trained_tiny.model.embed_queries(["the green cat"])[0].numpy(), atol=1e-5)
+    d = client.embeddings.create(model=NAME, input="Kesh\nThe green cat is called Kesh.", extra_body={"input_type": "document"})
+    doc = trained_tiny.corpus["d8"]
+    np.testing.assert_allclose(d.data[0].embedding, trained_tiny.model.embed_documents([doc])[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_search_models_health_and_openapi(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    hits = httpx.post(f"{server}/v1/search", json={"query": "What is the green cat called?", "k": 3}, headers=auth).json()["data"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"]
+    assert httpx.get(f"{server}/v1/models", headers=auth).json()["data"][0]["id"] == NAME
+    assert httpx.get(f"{server}/healthz").json()["status"] == "ok"
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/search", "/v1/models", "/healthz"} <= set(spec["paths"])
+
+
+BAD = [
+    (b'{"model": "tiny", "messages": [', 400, None, "invalid JSON"),
+    ({"model": NAME, "messages": ask("red cat"), "temprature": 0.5}, 400, "temprature", "Extra inputs"),
+    ({"model": NAME, "messages": []}, 400, "messages", None),
+    ({"model": NAME, "messages": [{"role": "user", "content": ""}]}, 400, "messages.0.content", None),
+    ({"model": NAME, "messages": ask("red cat"), "max_tokens": 0}, 400, "max_tokens", None),
+    ({"model": NAME, "messages": ask("red cat"), "max_tokens": 65}, 400, "max_tokens", "at most 64"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8}, 400, "messages", "maximum context length"),
+    ({"model": "gpt-4", "messages": ask("red cat")}, 404, "model", "does not exist"),
+    ({"model": NAME, "messages": ask("red cat"), "temperature": "hot"}, 400, "temperature", None),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("body", "status", "param", "words"), BAD)
+def test_bad_requests_get_an_openai_error_and_a_4xx(server, body, status, param, words):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{server}/v1/chat/completions", content=content, headers=headers, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] in ("invalid_request_error", "not_found_error")
+    if words:
+        assert words in error["message"]
+
+
+@pytest.mark.timeout(60)
+def test_without_the_api_key_401(server):
+    response = httpx.post(f"{server}/v1/chat/completions", json={"model": NAME, "messages": ask("red cat")})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    assert httpx.get(f"{server}/healthz").status_code == 200  # health stays open for probes
+
+
+def faiss_actors(ray) -> dict[str, int]:
+    """name → pid of the FAISS actors alive now."""
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("onegen-faiss-")]
+    pids = {}
+    for a in named:
+        try:
+            pids[a["name"]] = ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).info.remote(), timeout=30)["pid"]
+        except (ValueError, ray.exceptions.RayActorError):  # gone since listed
+            pass
+    return pids
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_faiss_actor_is_recreated(server, client, in_process, ray_cluster):
+    before = faiss_actors(ray_cluster)
+    assert len(before) == 1
+    os.kill(next(iter(before.values())), signal.SIGKILL)  # the process dies, as in a crash
+    out = client.chat.completions.create(model=NAME, messages=ask("black horse"), max_tokens=24, temperature=0)
+    assert out.model_extra["retrieval"][0]["doc_ids"] == in_process(ask("black horse")).hops[0].doc_ids
+    after = faiss_actors(ray_cluster)
+    assert len(after) == 1 and set(after.values()) != set(before.values())
+
+
+@pytest.mark.timeout(300)
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    st = Path(os.sys.executable).parent / "st"
+    result = subprocess.run(
+        [str(st), "run", f"{server}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
+         "--header", f"Authorization: Bearer {KEY}", "--request-timeout", "60", "--no-color"],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path,  # its example database goes there
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.timeout(180)
+def test_sixteen_concurrent_clients_for_30_seconds_without_errors(server):
+    async def one_client(http: httpx.AsyncClient, seconds: float, n: int) -> tuple[int, int]:
+        ok = errors = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            body = {"model": NAME, "messages": ask(["red cat", "blue dog", "green horse", "white eagle"][n % 4]), "max_tokens": 16, "temperature": 0}
+            r = await http.post(f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+            ok, errors = (ok + 1, errors) if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] else (ok, errors + 1)
+        return ok, errors
+
+    async def load() -> list[tuple[int, int]]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await asyncio.gather(*(one_client(http, 30, n) for n in range(16)))
+
+    results = asyncio.run(load())
+    assert sum(e for _, e in results) == 0 and all(ok > 0 for ok, _ in results)

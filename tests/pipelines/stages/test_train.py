@@ -1,0 +1,237 @@
+"""The train stage for real: Ray Train workers running DeepSpeed ZeRO on CPU (gloo), checkpoints in
+local storage and in S3 (moto), MLflow on a real server, a worker killed and resumed. Each fit()
+costs ~30 s on 2 cores, so each test runs one and checks all it can; the checkpoint format's
+errors are tested without Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components.model.base import tiny_llama
+from components.model.onegen import OneGenModel
+from pipelines.stages import checkpoints
+from pipelines.config import PipelineConfig, load_config
+from pipelines.local.jobs import StageError
+from pipelines.stages.prepare import ENCODED
+from pipelines.stages.train import train
+from pipelines.stages.train_worker import build_model
+from tests.conftest import synthetic_retrieval
+
+
+def tiny_config(root: str, tracking_uri: str, *, zero_stage: int = 1, max_steps: int = 6, warmup_steps: int = 0,
+                **storage) -> PipelineConfig:
+    base = load_config("tiny").model_dump()
+    base["name"] = f"t-{uuid.uuid4().hex[:6]}"
+    base["storage"] = {"root": root, **storage}
+    base["mlflow"] = {"tracking_uri": tracking_uri, "experiment": f"train-{uuid.uuid4().hex[:8]}"}  # the server is shared
+    base["train"]["optim"].update(max_steps=max_steps, warmup_steps=warmup_steps)
+    base["workers"].update(num_workers=2, checkpoint_every=2, keep_checkpoints=2, max_failures=1)
+    base["workers"]["deepspeed"]["zero_stage"] = zero_stage
+    return PipelineConfig.model_validate(base)
+
+
+def prepared_table(cfg: PipelineConfig) -> pa.Table:
+    """`synthetic_retrieval` encoded as the prepare stage would: 32 rows, 16 per worker, 4 batches of 4."""
+    model = build_model(cfg.train)
+    corpus, examples = synthetic_retrieval()
+    rows = [model.encoder.example(e, corpus, cfg.train.max_length).to_row() for e in examples]
+    return pa.Table.from_pylist(rows, schema=ENCODED)
+
+
+def write_prepared(cfg: PipelineConfig, directory: Path) -> None:
+    table = prepared_table(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.slice(0, 16), directory / "part-0.parquet")
+    pq.write_table(table.slice(16), directory / "part-1.parquet")
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
+
+
+def mlflow_runs(cfg: PipelineConfig) -> list:
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    return client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.timeout(360)  # ~40 s on an idle machine; the margin is for a shared, busy one
+def test_two_workers_zero1_log_checkpoint_and_write_a_trained_model(ray_cluster, mlflow_server, tmp_path):
+    cfg = tiny_config(str(tmp_path / "storage"), mlflow_server)
+    write_prepared(cfg, Path(cfg.paths.prepared) / "train")
+
+    report = train(cfg)
+
+    print(report.summary())
+    assert report.steps == 6 and "model in" in report.summary()
+    # One MLflow run, every step logged once (rank 0 only), the config as params, the model as artifacts.
+    (run,) = mlflow_runs(cfg)
+    assert run.info.run_id == report.mlflow_run_id and run.info.status == "FINISHED"
+    for key in ("loss", "lm_loss", "ret_loss", "lr", "tokens_per_s"):
+        assert metric_steps(mlflow_server, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key
+    assert run.data.params["workers.deepspeed.zero_stage"] == "1"
+    # Cross-worker negatives: each query was scored against rank 1's documents as well as rank 0's.
+    history = {k: [m.value for m in MlflowClient(mlflow_server).get_metric_history(run.info.run_id, k)]
+               for k in ("documents", "documents_scored")}
+    assert all(scored > local > 0 for scored, local in zip(history["documents_scored"], history["documents"]))
+    artifacts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(run.info.run_id, "model")]
+    assert "model/model.safetensors" in artifacts and "model/onegen.json" in artifacts
+    # Checkpoints: the last two kept, each with both ranks' optimizer partitions merged in.
+    run_dir = Path(cfg.paths.checkpoints) / cfg.name
+    kept = sorted(p.name for p in run_dir.glob("checkpoint_0*"))
+    assert kept == ["checkpoint_000004", "checkpoint_000006"]
+    files = sorted(p.name for p in (run_dir / "checkpoint_000006").iterdir())
+    assert files == ["model.safetensors", "optimizer-rank0.pt", "optimizer-rank1.pt", "state.json"]
+    state = json.loads((run_dir / "checkpoint_000006" / "state.json").read_text())
+    assert (state["step"], state["world_size"], state["zero_stage"], state["mlflow_run_id"]) == (6, 2, 1, run.info.run_id)
+    # The final model loads in HF format and has moved away from the initial weights.
+    trained = OneGenModel.from_pretrained(cfg.paths.model)
+    initial = build_model(cfg.train)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained.hf.state_dict()[name], initial.hf.state_dict()[name])
+
+
+@pytest.mark.timeout(420)
+def test_a_killed_worker_resumes_from_the_last_checkpoint_under_zero3(ray_cluster, mlflow_server, tmp_path):
+    """Rank 1's process dies (os._exit) after step 3, once; Ray Train restarts the worker group,
+    which resumes from checkpoint 2 (weights, every rank's ZeRO-3 partition, the LR schedule)."""
+    cfg = tiny_config(str(tmp_path / "storage"), mlflow_server, zero_stage=3, max_steps=6, warmup_steps=3)
+    write_prepared(cfg, Path(cfg.paths.prepared) / "train")
+    marker = tmp_path / "killed"
+
+    def kill_once(step: int, rank: int) -> None:  # pickled by value into the workers
+        if step == 3 and rank == 1 and not marker.exists():
+            import ray.train
+
+            # Wait until Ray Train has committed checkpoint 2: a worker that dies before the
+            # controller has collected its last report loses that checkpoint (the run would then
+            # restart from an earlier one, here from scratch).
+            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED)
+            marker.touch()
+            os._exit(1)
+
+    report = train(cfg, on_step=kill_once)
+
+    assert marker.exists() and report.steps == 6
+    assert (report.resumed_from, report.steps_run) == (2, 4)  # the restarted attempt: steps 3–6
+    (run,) = mlflow_runs(cfg)
+    steps = metric_steps(mlflow_server, run.info.run_id, "loss")
+    assert metric_steps(mlflow_server, run.info.run_id, "resumed_from_step") == [2], steps
+    assert set(steps) == {1, 2, 3, 4, 5, 6} and steps.count(3) in (1, 2)  # rank 0 may log step 3 before rank 1 dies
+    # The LR schedule continued from the checkpoint: warmup factors 2/4, 3/4, then 1 (restarted: 1/4 again).
+    lrs = {m.step: m.value for m in MlflowClient(mlflow_server).get_metric_history(run.info.run_id, "lr")}
+    base = cfg.train.optim.lr
+    assert [round(lrs[s] / base, 4) for s in range(1, 7)] == [0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert (Path(cfg.paths.model) / "model.safetensors").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_data_checkpoints_and_model_on_s3_under_zero2(ray_cluster, mlflow_server, s3_server, tmp_path, monkeypatch):
+    import boto3
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)  # the AWS credential chain, as in a cluster
+    root = f"s3://{s3_server.bucket}/runs-{uuid.uuid4().hex[:6]}"
+    cfg = tiny_config(root, mlflow_server, zero_stage=2, max_steps=2, s3_endpoint_url=s3_server.endpoint_url)
+    write_prepared(cfg, tmp_path / "prepared")
+    s3 = boto3.client("s3", **s3_server.boto3_kwargs())
+    prefix = root.removeprefix(f"s3://{s3_server.bucket}/")
+    for part in ("part-0.parquet", "part-1.parquet"):
+        s3.upload_file(str(tmp_path / "prepared" / part), s3_server.bucket, f"{prefix}/prepared/{cfg.name}/train/{part}")
+
+    report = train(cfg)
+
+    keys = [o["Key"].removeprefix(prefix + "/") for o in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)["Contents"]]
+    ckpt = f"checkpoints/{cfg.name}/checkpoint_000002"
+    for name in ("model.safetensors", "optimizer-rank0.pt", "optimizer-rank1.pt", "state.json"):
+        assert f"{ckpt}/{name}" in keys
+    assert f"models/{cfg.name}/model.safetensors" in keys and f"models/{cfg.name}/onegen.json" in keys
+    assert report.steps == 2 and report.model == f"{root}/models/{cfg.name}" and report.checkpoint == f"{root}/{ckpt}"
+
+
+@pytest.mark.timeout(30)
+def test_an_unreachable_mlflow_server_stops_the_stage_before_training(tmp_path):
+    from pipelines.local.processes import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there
+    cfg = tiny_config(str(tmp_path / "storage"), f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    with pytest.raises(StageError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
+        train(cfg)  # no ray_cluster: it must fail before anything touches Ray
+    assert time.perf_counter() - started < 15
+    assert not (tmp_path / "storage").exists()
+
+
+# -- the checkpoint format, without Ray ------------------------------------------------------------
+
+
+class ZeroLike:
+    """A torch optimizer with a ZeRO optimizer's load_state_dict(list by rank, ...)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict_list, load_from_fp32_weights=False) -> None:
+        self.optimizer.load_state_dict(state_dict_list[0])
+
+
+@pytest.mark.timeout(60)
+def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_model, base_tokenizer, small_corpus, tmp_path):
+    import copy
+
+    from components.data.collate import Collator
+    from components.model.train_loop import train as train_steps
+    from tests.conftest import make_example
+
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
+    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    train_steps(tiny_model, optimizer, [Collator(tiny_model.encoder.pad_id)(rows)] * 2, max_steps=2)
+    state = checkpoints.TrainState(2, 1, 1, "abc", {"last_epoch": 2}, "run-1")
+    good = checkpoints.save(tmp_path / "good", tiny_model, ZeroLike(optimizer), state, rank=0)
+    assert sorted(p.name for p in good.iterdir()) == ["model.safetensors", "optimizer-rank0.pt", "state.json"]
+
+    # Round trip: weights into a fresh model, the optimizer's moments into a fresh optimizer.
+    tokenizer = copy.deepcopy(base_tokenizer)
+    fresh = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer)
+    loaded = checkpoints.read_state(good)
+    assert loaded == state
+    checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, fingerprint="abc", where="x")
+    checkpoints.load_weights(good, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), tiny_model.parameters()))
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    checkpoints.load_optimizer(good, ZeroLike(fresh_optimizer), 0, loaded)
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+    def corrupt(name: str, damage) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for f in good.iterdir():
+            (directory / f.name).write_bytes(f.read_bytes())
+        damage(directory)
+        return directory
+
+    truncated = corrupt("truncated", lambda d: (d / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:1000]))
+    with pytest.raises(checkpoints.CheckpointError, match=f"checkpoint {truncated} is corrupt: model.safetensors is unreadable"):
+        checkpoints.load_weights(truncated, fresh)
+    no_optimizer = corrupt("no-optimizer", lambda d: (d / "optimizer-rank0.pt").unlink())
+    with pytest.raises(checkpoints.CheckpointError, match=f"checkpoint {no_optimizer} is incomplete: it has no optimizer-rank0.pt"):
+        checkpoints.load_optimizer(no_optimizer, ZeroLike(fresh_optimizer), 0, loaded)
+    bad_state = corrupt("bad-state", lambda d: (d / "state.json").write_text('{"step": 2, "world_si'))
+    with pytest.raises(checkpoints.CheckpointError, match=f"checkpoint {bad_state} is corrupt: state.json is unreadable"):
+        checkpoints.read_state(bad_state)
+    # A checkpoint of another layout names itself and what differs.
+    with pytest.raises(checkpoints.CheckpointError, match="written by 1 workers with ZeRO stage 1; this run has 2 workers"):
+        checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, fingerprint="abc", where=str(good))
