@@ -8,14 +8,13 @@ machines are noisy); repetitions are interleaved (A, B, A, B, ...) and medians a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,47 +275,6 @@ def rounded(x: Any, digits: int = 4) -> Any:
     if isinstance(x, (list, tuple)):
         return [rounded(v, digits) for v in x]
     return x
-
-
-# -- a forced retrieval schedule ---------------------------------------------------------------
-
-
-def head_calls(steps: Sequence[int], rq_fed_by_decoder: bool) -> set[int]:
-    """LM-head calls (0-based) on which a forced [RQ] must be picked so that it is generated token
-    `steps[i]` (0-based), for each hop i.
-
-    Call n of the head samples generated token n while nothing is retrieved. An InStreamDecoder
-    (in-stream or GritLM-style) then feeds the [RQ] itself in one more forward whose head output is
-    not sampled (the passage comes next): every earlier hop shifts later tokens by one call. A
-    PipelineRAG stops at the [RQ] and calls the generator again; the re-prefill's head call samples
-    the next token, so there is no shift."""
-    ordered = sorted(steps)
-    return {s + (i if rq_fed_by_decoder else 0) for i, s in enumerate(ordered)}
-
-
-@contextlib.contextmanager
-def forced_token(model, token_id: int, calls: set[int]):
-    """Add 1e4 to `token_id`'s logit on the chosen LM-head calls, every row of the batch alike: a
-    stand-in for a model trained to emit it there (the decoder tests use it too)."""
-    count = {"n": 0}
-
-    def hook(module, args, output):
-        n, count["n"] = count["n"], count["n"] + 1
-        if n in calls:
-            output = output.clone()
-            output[..., token_id] += 1e4
-        return output
-
-    handle = model.hf.get_output_embeddings().register_forward_hook(hook)
-    try:
-        yield count
-    finally:
-        handle.remove()
-
-
-def eos_bias(model) -> dict[int, float]:
-    """logit_bias that keeps every answer going to max_new_tokens."""
-    return {int(t): -1e4 for t in model.encoder.eos_ids}
 
 
 # -- results -----------------------------------------------------------------------------------

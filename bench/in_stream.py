@@ -37,9 +37,6 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     device_string,
-    eos_bias,
-    forced_token,
-    head_calls,
     interleave,
     load_average,
     median,
@@ -47,6 +44,7 @@ from bench.common import (
     write_result,
     write_results_md,
 )
+from components.testing import ReplayIndex, eos_bias, forced_token, head_calls
 
 # -- what is run ---------------------------------------------------------------------------------
 
@@ -235,9 +233,9 @@ class Bench:
         self.log(f"loading {self.model_source} and {self.data_dir} ...")
         self.model = load_model(self.model_source, self.device)
         self.corpus, self.questions = load_data(self.data_dir, self.plan.corpus_limit)
-        self.prompts = [self.model.encoder.prompt([{"role": "user", "content": q}]) for q in self.questions]
+        self.prompts = [self.model.formatter.prompt([{"role": "user", "content": q}]) for q in self.questions]
         self.index = lm_index(self.model, self.corpus, self.plan.seed)
-        self.rq = self.model.encoder.query_id
+        self.rq = self.model.formatter.query_id
         self.device_str = device_string(self.device)
         self.name = model_name(self.model_source, self.model)
         self.written: list[Path] = []
@@ -245,7 +243,7 @@ class Bench:
     # -- shared ----------------------------------------------------------------------------------
 
     def cfg(self, retrieval: bool = True, new_tokens: int | None = None):
-        from components.generation.decoder import GenerationConfig
+        from components.config import GenerationConfig
 
         return GenerationConfig(
             max_new_tokens=new_tokens or self.plan.new_tokens, temperature=0.0, logit_bias=eos_bias(self.model),
@@ -259,7 +257,7 @@ class Bench:
             "plan": {k: v for k, v in asdict(self.plan).items()},
             "index": {"kind": "flat", "documents": len(self.corpus), "dimension": self.model.hidden_size,
                       "vectors": f"seeded random unit vectors (seed {self.plan.seed}); real document store",
-                      "max_passage_tokens": self.model.encoder.format.max_passage_tokens},
+                      "max_passage_tokens": self.model.formatter.format.max_passage_tokens},
             **raw,
         }
 
@@ -290,7 +288,7 @@ class Bench:
     # -- P1, P2, P3: one interleaved loop --------------------------------------------------------
 
     def answers(self) -> list[dict]:
-        from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, ReplayIndex, gritlm_style
+        from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, gritlm_style
         from components.generation.decoder import InStreamDecoder
 
         plan, model, prompt, device = self.plan, self.model, self.prompts[0], self.device
@@ -302,7 +300,7 @@ class Bench:
         ref = ref[0]
         if not self.check(ref):
             raise RuntimeError(f"the forced schedule did not hold: {len(ref.generated)} tokens, hops at {[h.step for h in ref.hops]}")
-        chunks = [model.encoder.passage(self.corpus[d]) for h in ref.hops for d in h.doc_ids]
+        chunks = [model.formatter.passage(self.corpus[d]) for h in ref.hops for d in h.doc_ids]
         prefix = list(prompt) + [t for c in chunks for t in c]
 
         self.log("P2/P3: a second copy of the LM as the pipeline's retriever, and MiniLM ...")
@@ -511,7 +509,7 @@ class Bench:
         cfg = self.cfg(retrieval=False)
         ids = torch.tensor([prompt], device=device)
         eos = model.tokenizer.eos_token_id
-        pad = model.encoder.pad_id
+        pad = model.formatter.pad_id
 
         def ours():
             s, gens = timed(lambda: decoder.generate([prompt], cfg), device)
@@ -615,7 +613,7 @@ class Bench:
 
         plan, model, device = self.plan, self.model, self.device
         started, load0 = time.perf_counter(), load_average()
-        enc = model.encoder
+        enc = model.formatter
         query = enc.prompt([{"role": "user", "content": self.questions[0]}])
         suppress = sorted(enc.eos_ids)
         body: list[int] = []
@@ -701,16 +699,17 @@ class Bench:
 
 
 def memory_variant(args: argparse.Namespace) -> int:
-    from components.generation.baselines import MiniLMQueryEncoder, PipelineRAG, ReplayIndex
-    from components.generation.decoder import GenerationConfig, Hop, InStreamDecoder
+    from components.config import GenerationConfig
+    from components.generation.baselines import MiniLMQueryEncoder, PipelineRAG
+    from components.generation.decoder import Hop, InStreamDecoder
 
     plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.plan).items()})
     model = load_model(args.model, args.device)
     corpus, questions = load_data(args.data, plan.corpus_limit)
-    prompt = model.encoder.prompt([{"role": "user", "content": questions[0]}])
+    prompt = model.formatter.prompt([{"role": "user", "content": questions[0]}])
     cfg = GenerationConfig(max_new_tokens=plan.new_tokens, temperature=0.0, logit_bias=eos_bias(model), top_k=1,
                            max_retrievals=len(plan.hop_steps))
-    rq = model.encoder.query_id
+    rq = model.formatter.query_id
     if args.variant == "in_stream":
         decoder = InStreamDecoder(model, lm_index(model, corpus, plan.seed))
         calls = head_calls(plan.hop_steps, rq_fed_by_decoder=True)

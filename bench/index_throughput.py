@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
-from components.model.base import load_base
 from components.data.corpus import Corpus
-from components.retrieval.index import build_from_vectors, build_index
+from components.model.base import load_base
 from components.model.onegen import OneGenModel
+from components.retrieval.index import build_from_vectors, build_index
 from pipelines.config import load_config
 from pipelines.stages.index import embed_corpus
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "met": ratio >= GOAL,
         "device": device_string(),
         "model": args.model if Path(args.model).is_dir() else "SmolLM2-135M-Instruct (fp32, OneGen tokens, max_document_tokens "
-                 f"{model.encoder.format.max_document_tokens})",
+                 f"{model.formatter.format.max_document_tokens})",
         "command": " ".join(["python -m bench.index_throughput", *(argv if argv is not None else sys.argv[1:])]),
         "documents": len(corpus),
         "batch_size": args.batch_size,

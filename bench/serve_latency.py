@@ -140,15 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import torch
 
-    from components.generation.decoder import GenerationConfig, InStreamDecoder
-    from components.retrieval.index import DocumentIndex
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
     from components.model.onegen import OneGenModel
+    from components.retrieval.index import DocumentIndex
 
     torch.set_num_threads(2)  # as many as the replica's CPUs
     args.url = start_app(model_dir, index_dir, args.tokens)
     model = OneGenModel.from_pretrained(model_dir).eval()
     decoder = InStreamDecoder(model, DocumentIndex.load(index_dir, model.fingerprint()))
-    prompt = model.encoder.prompt([{"role": "user", "content": QUESTION}])
+    prompt = model.formatter.prompt([{"role": "user", "content": QUESTION}])
     cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0)
     body = {"model": "onegen", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": args.tokens, "temperature": 0}
     http = httpx.Client(timeout=600)

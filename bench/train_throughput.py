@@ -27,24 +27,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 import itertools
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
-from components.model.base import load_base
-from components.data.collate import Batch, Collator, padded_length
 from components.config import LossConfig
+from components.data.collate import Batch, Collator, padded_length
 from components.data.corpus import Corpus
-from components.model.onegen import OneGenModel
 from components.data.schema import Example
-from components.data.tokenize import IGNORE, EncodedExample
-from components.model.train_loop import train
 from components.data.screening import RowError
+from components.data.tokenize import IGNORE, EncodedExample
+from components.model.base import load_base
+from components.model.onegen import OneGenModel
+from components.model.train_loop import train
 from pipelines.config import load_config
 
 PRESET = "smollm2-cpu"
@@ -60,7 +60,7 @@ def encoded_rows(model: OneGenModel, data: Path, max_length: int, n: int, seed: 
     rows = []
     for i in random.Random(seed).sample(range(len(lines)), len(lines)):
         try:
-            rows.append(model.encoder.example(Example.model_validate_json(lines[i]), corpus, max_length))
+            rows.append(model.formatter.example(Example.model_validate_json(lines[i]), corpus, max_length))
         except (RowError, ValueError):  # too long for max_length, or not a valid example
             continue
         if len(rows) == n:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.batch_size * args.batches
     rows = encoded_rows(model, args.data, cfg.max_length, n, args.seed)
     chunks = [rows[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
-    collate, pad = Collator(model.encoder.pad_id), model.encoder.pad_id
+    collate, pad = Collator(model.formatter.pad_id), model.formatter.pad_id
     joint = [collate(c) for c in chunks]
     loss = cfg.loss
     common = {"device": device_string("cpu"), "model": f"{args.model} ({'SmolLM2-135M-Instruct, ' if args.model == 'smollm2' else ''}float32, full fine-tune)",

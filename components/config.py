@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 
 class FrozenConfig(BaseModel):
@@ -78,3 +78,17 @@ class TrainConfig(FrozenConfig):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     max_length: PositiveInt = 1024  # tokens of a generation row
+
+
+class GenerationConfig(FrozenConfig):
+    max_new_tokens: PositiveInt = 128  # tokens the model samples; inserted passages do not count
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] = []
+    stop_token_ids: list[int] = []  # end the answer on these (besides EOS), the token included
+    logit_bias: dict[int, float] = {}  # token id → added to its logit (as in the OpenAI API)
+    retrieval: bool = True  # off: plain decoding, [RQ] is a token like any other
+    mode: Literal["rag", "link"] = "rag"
+    top_k: PositiveInt = 1  # passages inserted per hop
+    max_retrievals: NonNegativeInt = 4  # hops per answer; [RQ] is suppressed after the last

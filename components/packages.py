@@ -11,7 +11,7 @@ def package_file(package: str, relative: str, install: str) -> Path:
     """`<site-packages>/<package>/<relative>`, or an error that says how to install it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"data package {package!r} is not installed; {install}")
+        raise ModuleNotFoundError(f"the package {package!r} is not installed; {install}")
     path = Path(spec.submodule_search_locations[0]) / relative
     if not path.is_file():
         raise FileNotFoundError(f"the package {package!r} has no {relative} (looked at {path}); reinstall it: {install}")

@@ -3,7 +3,7 @@
 import sys
 
 from pipelines.stages.evaluate import evaluate
-from pipelines.local.jobs import run_stage
+from ray_jobs.runner import run_stage
 
 if __name__ == "__main__":
     sys.exit(run_stage("evaluate", evaluate))

@@ -3,7 +3,7 @@
 import sys
 
 from pipelines.stages.index import build
-from pipelines.local.jobs import run_stage
+from ray_jobs.runner import run_stage
 
 if __name__ == "__main__":
     sys.exit(run_stage("index", build))

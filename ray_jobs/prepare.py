@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.local.jobs import run_stage
 from pipelines.stages.prepare import prepare
+from ray_jobs.runner import run_stage
 
 if __name__ == "__main__":
     sys.exit(run_stage("prepare", prepare))

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from components.model.base import smollm2_tokenizer, tiny_llama
 from components.data.corpus import Corpus
-from components.model.onegen import OneGenModel
 from components.data.schema import Document, Example
+from components.model.base import smollm2_tokenizer, tiny_llama
+from components.model.onegen import OneGenModel
 from components.model.train_loop import TrainResult
 
 
@@ -77,9 +77,14 @@ class TrainedTiny:
 
 
 def _recall(model: OneGenModel, corpus: Corpus, rows) -> float:
-    from components.eval.teacher_forced import in_stream_recall
+    """Teacher-forced Recall@1 of the rows' [RQ] vectors among the corpus's [RD] vectors."""
+    from components.eval.metrics import recall_at_k
+    from components.eval.teacher_forced import teacher_forced
+    from components.retrieval.topk import top_k
 
-    return in_stream_recall(model, rows, model.embed_documents(list(corpus)), corpus.ids)["recall@1"]
+    forced = teacher_forced(model, rows)
+    _, top = top_k(forced.queries.numpy(), model.embed_documents(list(corpus)).numpy(), 1)
+    return recall_at_k([[corpus.ids[p] for p in row] for row in top], forced.gold, 1)
 
 
 @pytest.fixture(scope="session")
@@ -91,16 +96,16 @@ def trained_tiny(base_tokenizer) -> TrainedTiny:
 
     import torch
 
-    from components.data.collate import Collator
     from components.config import LossConfig
+    from components.data.collate import Collator
     from components.model.train_loop import train
 
     tokenizer = copy.deepcopy(base_tokenizer)
     model = OneGenModel.build(tiny_llama(tokenizer), tokenizer)
     corpus, examples = synthetic_retrieval()
-    rows = [model.encoder.example(e, corpus, 256) for e in examples]
+    rows = [model.formatter.example(e, corpus, 256) for e in examples]
     before = _recall(model, corpus, rows)
-    collate, rng = Collator(model.encoder.pad_id), random.Random(0)
+    collate, rng = Collator(model.formatter.pad_id), random.Random(0)
     batches = (collate(rng.sample(rows, 8)) for _ in iter(int, 1))
     result = train(model, torch.optim.AdamW(model.parameters(), lr=3e-3), batches, LossConfig(temperature=0.05), max_steps=300)
     model.eval()

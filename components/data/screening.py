@@ -6,6 +6,9 @@ A `RowError` names the row (1-based line number), the field and the kind of prob
     invalid_utf8, invalid_json, missing_field, wrong_type, unknown_field, empty_text,
     reserved_token, rq_count_mismatch, unknown_document, duplicate_id, truncated_retrieval,
     invalid_value
+
+`load_corpus`, `iter_examples` and `encode_examples` read untrusted JSONL files in one pass: each row
+is parsed, checked against the corpus and the rows before it (and tokenised), or quarantined.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from components.data.corpus import Corpus
 from components.data.schema import Document, Example
+
+if TYPE_CHECKING:  # tokenisation needs a tokenizer; screening alone does not
+    from components.data.tokenize import EncodedExample, Formatter
 
 T = TypeVar("T")
 
@@ -183,3 +190,50 @@ def screen(
     finally:
         if sink is not None:
             sink.close()
+
+
+# -- files: the in-process path (the Ray Data prepare stage applies the same per-row checks) ---------
+
+
+def load_corpus(path: str | Path, quarantine: Path | None = None) -> tuple[Corpus, ScreenReport]:
+    report = ScreenReport(source=str(path))
+    unique = UniqueIds()
+
+    def check(raw: bytes, row: int) -> Document:
+        doc = parse_document(raw, row)
+        unique(doc.id, row)
+        return doc
+
+    return Corpus(screen(read_lines(path), check, quarantine, report)), report
+
+
+def example_check(corpus: Corpus):
+    """A row check: the example parses, its id is new, and it names only documents in `corpus`."""
+    unique = UniqueIds()
+
+    def check(raw: bytes | dict, row: int) -> Example:
+        example = parse_example(raw, row)
+        unique(example.id, row)
+        check_references(example, row, corpus)
+        return example
+
+    return check
+
+
+def iter_examples(
+    path: str | Path, corpus: Corpus, report: ScreenReport, quarantine: Path | None = None
+) -> Iterator[Example]:
+    return screen(read_lines(path), example_check(corpus), quarantine, report)
+
+
+def encode_examples(
+    path: str | Path, corpus: Corpus, formatter: Formatter, max_length: int, quarantine: Path | None = None
+) -> tuple[list[EncodedExample], ScreenReport]:
+    """Examples that also fit `max_length` without cutting a retrieval, tokenised."""
+    report = ScreenReport(source=str(path))
+    check = example_check(corpus)
+
+    def encode(raw: bytes, row: int) -> EncodedExample:
+        return formatter.example(check(raw, row), corpus, max_length, row)
+
+    return list(screen(read_lines(path), encode, quarantine, report)), report

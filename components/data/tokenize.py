@@ -21,8 +21,8 @@ from components import tokens as st
 from components.config import FormatConfig
 from components.data.corpus import Corpus
 from components.data.schema import Document, Example, Message
-from components.tokens import Role
 from components.data.screening import RowError
+from components.tokens import Role
 
 IGNORE = -100  # label of a position with no LM target (the convention of torch and HF)
 _SENTINEL = "\u2063ONEGEN-ANSWER\u2063"
@@ -57,7 +57,7 @@ class _Pieces:
         self.roles += [role] * len(ids)
 
 
-class Encoder:
+class Formatter:
     """Tokenisation for one tokenizer and one `FormatConfig`."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, fmt: FormatConfig = FormatConfig()):

@@ -8,7 +8,7 @@
     stats.json                            counts per source, per file and per split
 
 Source rows are screened before they are written (so the files hold only good rows), then every
-written file is read back through `components.data.loading`: the counts reported are of rows that
+written file is read back through `components.data.screening`: the counts reported are of rows that
 pass the schema and the corpus checks on disk, not of rows the builders meant to write.
 """
 
@@ -24,12 +24,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from components.data.corpus import Corpus
-from components.data.loading import example_check, iter_examples, load_corpus
+from components.data.schema import Example
+from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
 from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
 from components.datasets.inverse_cloze import ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
-from components.data.schema import Example
-from components.data.screening import ScreenReport, screen
 
 QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")

@@ -17,8 +17,8 @@ import json
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 
-from components.packages import package_file
 from components.datasets.text import full_stop
+from components.packages import package_file
 from components.tokens import QUERY
 
 PACKAGE = "fanoutqa"

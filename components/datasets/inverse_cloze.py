@@ -6,7 +6,7 @@ just the few hundred pages FanOutQA asks about.
     user: "It is the largest city in the United Kingdom by population."
     assistant: "[RQ] London."     (the passage is inserted after [RQ]; then the model names it)
 
-The query is formatted as `Encoder.query` formats a standalone one: the assistant's first token is
+The query is formatted as `Formatter.query` formats a standalone one: the assistant's first token is
 [RQ]. The negative is another article of the same topic: related enough to be hard.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import random
 
+from components.data.schema import Document
 from components.datasets.text import full_stop, sentences
 from components.datasets.vital_articles import VitalArticles
-from components.data.schema import Document
 from components.tokens import QUERY
 
 MIN_WORDS = 6  # shorter sentences ("He died in 1900.") rarely say which article they come from

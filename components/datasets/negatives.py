@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from components.datasets.vital_articles import VitalArticles
-from components.retrieval.minilm import MiniLMRetriever, corpus_matrix, document_text, search
+from components.retrieval.minilm import MiniLMRetriever, corpus_matrix, document_text
+from components.retrieval.topk import top_k
 
 
 def embed_articles(retriever: MiniLMRetriever, articles: VitalArticles, cache_dir: Path | None = None) -> np.ndarray:
@@ -28,6 +29,6 @@ class MiniLMNegatives:
     def __call__(self, queries: Sequence[str], gold: Sequence[str]) -> list[list[str]]:
         if self.k == 0 or not queries:
             return [[] for _ in queries]
-        _, top = search(self.retriever.encode(queries), self.doc_vecs, self.k + 1)  # +1: the gold page may be among them
+        _, top = top_k(self.retriever.encode(queries), self.doc_vecs, self.k + 1)  # +1: the gold page may be among them
         ranked = [[self.doc_ids[p] for p in row] for row in top]
         return [[d for d in ids if d != g][: self.k] for ids, g in zip(ranked, gold)]

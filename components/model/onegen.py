@@ -21,10 +21,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from components import tokens as st
-from components.data.collate import Batch, padded_length
 from components.config import FormatConfig, LoraConfig
+from components.data.collate import Batch, padded_length
 from components.data.schema import Document
-from components.data.tokenize import IGNORE, Encoder
+from components.data.tokenize import IGNORE, Formatter
 
 ONEGEN_CONFIG = "onegen.json"
 
@@ -42,7 +42,7 @@ class OneGenModel(nn.Module):
         super().__init__()
         self.lm = lm  # a PreTrainedModel, or a peft model around one
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, fmt)
+        self.formatter = Formatter(tokenizer, fmt)
         self._fingerprint: str | None = None
 
     # -- construction ------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class OneGenModel(nn.Module):
         self.eval()  # no dropout in vectors that will be indexed or searched
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = torch.empty((len(rows), self.hidden_size), dtype=torch.float32)
-        pad = self.encoder.pad_id
+        pad = self.formatter.pad_id
         for start in range(0, len(rows), batch_size):
             idx = order[start : start + batch_size]
             width = padded_length(max(len(rows[i]) for i in idx))
@@ -129,11 +129,11 @@ class OneGenModel(nn.Module):
         return out
 
     def embed_queries(self, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-        return self.embed_token_rows([self.encoder.query(t) for t in texts], batch_size)
+        return self.embed_token_rows([self.formatter.query(t) for t in texts], batch_size)
 
     def embed_documents(self, docs: Sequence[Document | str], batch_size: int = 16) -> torch.Tensor:
         docs = [d if isinstance(d, Document) else Document(id="-", title="", text=d) for d in docs]
-        return self.embed_token_rows([self.encoder.document(d) for d in docs], batch_size)
+        return self.embed_token_rows([self.formatter.document(d) for d in docs], batch_size)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class OneGenModel(nn.Module):
         """Identifies the weights and special tokens that produce vectors; an index built by one
         model refuses to load for another. Stored at save time; recomputed after training."""
         if self._fingerprint is None:
-            self._fingerprint = _fingerprint(self.merged(), self.encoder)
+            self._fingerprint = _fingerprint(self.merged(), self.formatter)
         return self._fingerprint
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -155,10 +155,10 @@ class OneGenModel(nn.Module):
         model = self.merged()
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        self._fingerprint = _fingerprint(model, self.encoder)
+        self._fingerprint = _fingerprint(model, self.formatter)
         meta = {
-            "format": self.encoder.format.model_dump(),
-            "special_tokens": self.encoder.special,
+            "format": self.formatter.format.model_dump(),
+            "special_tokens": self.formatter.special,
             "fingerprint": self._fingerprint,
         }
         (directory / ONEGEN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
@@ -207,9 +207,9 @@ def _with_lora(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Lor
     return get_peft_model(lm, peft_cfg)
 
 
-def _fingerprint(model: PreTrainedModel, encoder: Encoder) -> str:
+def _fingerprint(model: PreTrainedModel, formatter: Formatter) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([encoder.special, encoder.format.model_dump()], sort_keys=True).encode())
+    h.update(json.dumps([formatter.special, formatter.format.model_dump()], sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())

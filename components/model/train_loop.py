@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from components.data.collate import Batch
 from components.config import LossConfig
+from components.data.collate import Batch
 from components.model.losses import Gather, joint_loss, local_gather, retrieval_loss
 
 
@@ -76,9 +76,6 @@ class StepMetrics:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
 
 @dataclass

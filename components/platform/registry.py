@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -35,18 +34,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+import components.cache
+from components.cache import build_once
+from components.config import GenerationConfig
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ARTIFACTS = ("model", "index", "config")
-DEFAULT_CACHE = Path.home() / ".cache" / "onegen" / "registry"
 
 # What the pyfunc imports to load and answer, pinned to this environment's versions. Our own
 # package is not on PyPI: it comes with the environment (see the module docstring).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "faiss-cpu",
                 "numpy", "pandas", "pydantic", "pyyaml")  # fmt: skip
-# Generation settings a caller may pass as `params` to predict, with GenerationConfig's defaults
-# (written out, not imported: the decoder pulls in torch, which resolving does not need).
-PARAMS = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "top_k": 1, "max_retrievals": 4}
+# Generation settings a caller may pass as `params` to predict, with GenerationConfig's defaults.
+PARAMS = {k: GenerationConfig.model_fields[k].default for k in ("max_new_tokens", "temperature", "top_p", "top_k", "max_retrievals")}
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -60,21 +61,19 @@ class OneGenPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         # Imported here: resolving and registering need neither torch nor faiss.
         from components.generation.decoder import InStreamDecoder
-        from components.retrieval.index import DocumentIndex
         from components.model.onegen import OneGenModel
+        from components.retrieval.index import DocumentIndex
 
         model = OneGenModel.from_pretrained(context.artifacts["model"])
         index = DocumentIndex.load(context.artifacts["index"], expected_fingerprint=model.fingerprint())
         self.decoder = InStreamDecoder(model, index)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
-        from components.generation.decoder import GenerationConfig
-
         # The signature's one column arrives named "question" or unnamed (from a plain list).
         column = model_input["question"] if "question" in model_input else model_input.iloc[:, 0]
         questions = [str(q) for q in column]
-        encoder = self.decoder.model.encoder
-        prompts = [encoder.prompt([{"role": "user", "content": q}]) for q in questions]
+        formatter = self.decoder.model.formatter
+        prompts = [formatter.prompt([{"role": "user", "content": q}]) for q in questions]
         generations = self.decoder.generate(prompts, GenerationConfig(**(params or {})))
         return [answer_record(q, g) for q, g in zip(questions, generations)]
 
@@ -164,8 +163,9 @@ class Resolved(NamedTuple):
     version: str  # the version the URI pointed at when resolved (an alias may move later)
 
 
-def resolve(uri: str, tracking_uri: str | None = None, cache_dir: str | Path = DEFAULT_CACHE) -> Resolved:
-    """Download `models:/<name>@<alias>` or `models:/<name>/<version>` to `cache_dir` and return
+def resolve(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Resolved:
+    """Download `models:/<name>@<alias>` or `models:/<name>/<version>` to `cache_dir` (default
+    `~/.cache/onegen/registry`) and return
     the local model, index and config paths, and the version. A version's files never change, so
     a version already in the cache is not downloaded again."""
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -176,7 +176,7 @@ def resolve(uri: str, tracking_uri: str | None = None, cache_dir: str | Path = D
     # Keyed by where the files are too: another server (the test one, a colleague's) may well
     # have its own version 1 of the same name.
     key = f"v{mv.version}-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
-    local = _cached_download(source, Path(cache_dir) / mv.name / key, tracking_uri)
+    local = _download(source, Path(cache_dir or components.cache.cache_dir() / "registry") / mv.name / key, tracking_uri)
     paths = artifact_paths(local)
     return Resolved(paths["model"], paths["index"], paths["config"], str(mv.version))
 
@@ -204,18 +204,10 @@ def _lookup(client: MlflowClient, uri: str) -> ModelVersion:
     return client.get_model_version(match["name"], match["version"])
 
 
-def _cached_download(source: str, final: Path, tracking_uri: str | None) -> Path:
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Download beside it, then rename: a download cut short never looks like a cached version.
-    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial), tracking_uri=tracking_uri)
-        Path(got).rename(final)
-    except OSError:
-        if not final.is_dir():  # not another process finishing the same download first
-            raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return final
+def _download(source: str, entry: Path, tracking_uri: str | None) -> Path:
+    """A version's files in the cache, downloaded once and published whole (components.cache)."""
+
+    def download(tmp: Path) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri))
+
+    return build_once(entry, download)

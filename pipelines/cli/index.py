@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import get_args
 
-from components.data.loading import load_corpus
-from components.retrieval.index import DocumentIndex, IndexConfig, IndexFileError, IndexMismatchError, Kind, build_index
+from components.data.screening import load_corpus
 from components.model.onegen import OneGenModel
+from components.retrieval.index import DocumentIndex, IndexConfig, IndexFileError, IndexMismatchError, Kind, build_index
 from pipelines.local.jobs import add_submit_arguments, submit
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -25,44 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to run")
 
 
-def serve_config(args: argparse.Namespace) -> dict:
-    """The config file with the command line applied, and this checkout as the working dir."""
-    config = yaml.safe_load(args.config.read_text())
-    app = config["applications"][0]
-    if args.model is not None:
-        app["args"].pop("model_uri", None)
-        app["args"].update(model_dir=str(args.model.resolve()), index_dir=str(args.index.resolve()) if args.index else None)
-    elif args.model_uri is not None:
-        app["args"]["model_uri"] = args.model_uri
-    if args.port is not None:
-        config["http_options"]["port"] = args.port
-    # A Serve config (unlike `ray job submit`) takes no local path to upload: on the local stack the
-    # checkout is already on the only node, so the replicas run from it in place.
-    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": f"local://{REPO}"}
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+    from pipelines.serving.deploy import DeployError, deploy, serve_config
 
-    config = serve_config(args)
-    client = ServeSubmissionClient(args.address)
-    client.deploy_applications(config)
-    name = config["applications"][0]["name"]
-    url = f"http://{config['http_options']['host']}:{config['http_options']['port']}"
-    print(f"deploying {name} ({config['applications'][0]['args']}) to {args.address}", flush=True)
-    deadline = time.time() + args.timeout
-    while time.time() < deadline:
-        app = client.get_serve_details().get("applications", {}).get(name, {})
-        status = app.get("status")
-        if status == "RUNNING":
-            print(f"{name} is running at {url}/v1 (OpenAI-compatible; OpenAPI spec at {url}/openapi.json)")
-            print(f'  curl {url}/v1/chat/completions -H "Content-Type: application/json" '
-                  f"-d '{{\"model\": \"onegen\", \"messages\": [{{\"role\": \"user\", \"content\": \"Who wrote Hamlet?\"}}]}}'")
-            return 0
-        if status == "DEPLOY_FAILED":
-            print(f"{name} failed to deploy:\n{app.get('message', '')}", file=sys.stderr)
-            return 1
-        time.sleep(2)
-    print(f"{name} was not running after {args.timeout:.0f}s (status {status}); see `serve status -a {args.address}`", file=sys.stderr)
-    return 1
+    config = serve_config(yaml.safe_load(args.config.read_text()), model_uri=args.model_uri,
+                          model_dir=str(args.model.resolve()) if args.model else None,
+                          index_dir=str(args.index.resolve()) if args.index else None, port=args.port)
+    app = config["applications"][0]
+    print(f"deploying {app['name']} ({app['args']}) to {args.address}", flush=True)
+    try:
+        url = deploy(config, args.address, args.timeout)
+    except DeployError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    print(f"{app['name']} is running at {url}/v1 (OpenAI-compatible; OpenAPI spec at {url}/openapi.json)")
+    print(f'  curl {url}/v1/chat/completions -H "Content-Type: application/json" '
+          f"-d '{{\"model\": \"onegen\", \"messages\": [{{\"role\": \"user\", \"content\": \"Who wrote Hamlet?\"}}]}}'")
+    return 0

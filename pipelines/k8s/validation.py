@@ -35,11 +35,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import jsonschema
 import yaml
+from kubernetes.utils import parse_quantity
 
 from pipelines.checkout import REPO
 
@@ -241,7 +241,7 @@ def _resources(doc: dict) -> list[str]:
         requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
         for name in sorted(set(requests) & set(limits)):
             try:
-                request, limit = quantity(requests[name]), quantity(limits[name])
+                request, limit = parse_quantity(requests[name]), parse_quantity(limits[name])
             except ValueError as err:
                 problems.append(f"{path}: {err}")
                 continue
@@ -265,22 +265,6 @@ def containers(node, path: str = "") -> Iterator[tuple[str, dict]]:
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from containers(value, f"{path}[{i}]")
-
-
-_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "n": Fraction(1, 10**9),
-             "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-             "P": 10**15, "E": 10**18}  # fmt: skip
-
-
-def quantity(value) -> Fraction:
-    """A Kubernetes quantity ("500m", "8Gi", "1e3", 2) as an exact number."""
-    match = re.fullmatch(r"([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?", str(value).strip())
-    if match is None:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity")
-    number, suffix = Fraction(match[1]), match[2] or ""
-    if suffix[:1] in ("e", "E"):
-        return number * Fraction(10) ** int(suffix[1:])
-    return number * _SUFFIXES[suffix]
 
 
 def _secret_values(doc: dict) -> list[str]:

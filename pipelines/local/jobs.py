@@ -1,5 +1,4 @@
-"""Stages as Ray jobs: the entrypoint side (`python -m ray_jobs.<stage> --config FILE`) and the
-submitting side (`onegen <stage> --config PRESET`), which is exactly
+"""Submitting a stage as a Ray job (`onegen <stage> --config PRESET`), which is exactly
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.<stage> --config FILE
 
@@ -10,44 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.checkout import REPO
 from pipelines.config import PipelineConfig, dump_config, load_config, resolve_local_paths
 
-STAGES = ("prepare", "train", "index", "evaluate", "promote")
 # Paths the job's working-directory upload leaves out: big, or this machine's own state.
 EXCLUDES = [".onegen", "data", "bench/results", "**/__pycache__"]  # .git and .venv: Ray leaves them out itself
-
-
-class StageError(RuntimeError):
-    """A stage failed for a reason the user can act on; the message says what to do."""
-
-
-def run_stage(stage: str, fn: Callable[[PipelineConfig], object], argv: list[str] | None = None) -> int:
-    """The body of `ray_jobs.<stage>`: parse, connect, run `fn(config)`, exit code."""
-    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{stage}")
-    parser.add_argument("--config", required=True, help="a preset name or a YAML file")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        import ray
-
-        ray.init(log_to_driver=True)  # inside a Ray job: its cluster; run directly: a local one
-        result = fn(cfg)
-        summary = getattr(result, "summary", None)
-        print(summary() if callable(summary) else result if result is not None else f"{stage}: done", flush=True)
-        return 0
-    except StageError as err:
-        print(f"{stage} failed: {err}", file=sys.stderr, flush=True)
-        return 1
-    except Exception:  # anything else: the traceback is the message
-        traceback.print_exc()
-        return 1
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.platform import storage
+from components.platform import storage, tracking
 from pipelines.config import PipelineConfig, load_config, resolve_local_paths
 from pipelines.local.jobs import submit
 
@@ -86,11 +86,9 @@ def final_table(report: MainReport) -> str:
     cfg = report.config
     client = MlflowClient(cfg.mlflow.tracking_uri)
     lines = []
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    runs = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{cfg.name}' and tags.`onegen.stage` = 'train'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []  # fmt: skip
-    if runs:
-        m = runs[0].data.metrics
+    run = tracking.training_run(client, cfg.mlflow.experiment, cfg.run_name)
+    if run is not None:
+        m = run.data.metrics
         ks = cfg.evaluate.ks
         lines += ["", f"{'':>14} " + " ".join(f"{'R@' + str(k):>7}" for k in ks) + f" {'MRR':>7}"]
         for who in ("in_stream", "minilm"):
@@ -100,7 +98,7 @@ def final_table(report: MainReport) -> str:
         extra = {k: m[k] for k in ("answer_loose_acc", "answer_f1", "heldout_lm_loss", "lm_loss_vs_plain_lm") if k in m}
         if extra:
             lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
-        lines.append(f"  MLflow run: {cfg.mlflow.tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{runs[0].info.run_id}")
+        lines.append(f"  MLflow run: {cfg.mlflow.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     lines += _promotion(client, cfg)
     lines += ["", "  " + ", ".join(f"{name} {s:.0f}s" for name, s in report.seconds.items())
               + f"; total {sum(report.seconds.values()) / 60:.1f} min"]  # fmt: skip
@@ -109,11 +107,12 @@ def final_table(report: MainReport) -> str:
 
 def _promotion(client, cfg: PipelineConfig) -> list[str]:
     from components.platform.registry import champion_version
+    from pipelines.stages.promote import PROMOTION_TAG, REASON_TAG
 
     champion = champion_version(client, cfg.mlflow.registered_model)
     if champion is None:
         return ["  no @champion registered"]
     newest = max(client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'"), key=lambda v: int(v.version))
-    reason = newest.tags.get("onegen.reason", "")
-    return [f"  registry: {cfg.mlflow.registered_model} v{newest.version} → @{newest.tags.get('onegen.promotion', '?')} ({reason}); "
+    reason = newest.tags.get(REASON_TAG, "")
+    return [f"  registry: {cfg.mlflow.registered_model} v{newest.version} → @{newest.tags.get(PROMOTION_TAG, '?')} ({reason}); "
             f"@champion is v{champion.version}: {cfg.mlflow.tracking_uri}/#/models/{cfg.mlflow.registered_model}"]  # fmt: skip

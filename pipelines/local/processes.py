@@ -9,16 +9,15 @@ them has exited.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 
 
@@ -157,16 +156,12 @@ def _wait_gone(pid: int, timeout_s: float) -> None:
 # --- health -----------------------------------------------------------------------------------
 
 
-# Health checks go to loopback: never through an HTTP proxy from the environment.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def http_ok(url: str, timeout_s: float = 5.0) -> bool:
-    """True if GET `url` answers 2xx within `timeout_s`."""
+    """True if GET `url` answers 2xx within `timeout_s`. Straight to the address: health checks
+    go to loopback, never through an HTTP proxy from the environment (trust_env=False)."""
     try:
-        with _DIRECT.open(url, timeout=timeout_s) as response:
-            return 200 <= response.status < 300
-    except (OSError, http.client.HTTPException, ValueError):  # refused, timed out, HTTP error, half-up server
+        return httpx.get(url, timeout=timeout_s, trust_env=False).is_success
+    except httpx.HTTPError:  # refused, timed out, a half-up server hanging up
         return False
 
 
@@ -215,7 +210,3 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    return free_ports(1, host)[0]

@@ -10,7 +10,7 @@ State under `cfg.state_dir` (default `./.onegen/`):
     ray.pid  ray.log          `ray start --head --block` (the pid file names its session)
     mlflow.pid  mlflow.log    `mlflow server`
     mlflow.db  mlartifacts/   MLflow's SQLite backend and the artifacts it serves
-    storage/                  the storage root for Ray Train checkpoints (ONEGEN_STORAGE)
+    storage/                  the default storage root (`storage.root` of the presets)
     ray/                      Ray's session files: its own logs, sockets (see `ray_temp_dir`)
 
 No `import ray` here: Ray is driven through its CLI, so this module is cheap to import and the
@@ -138,7 +138,6 @@ def _ray_env(cfg: StackConfig) -> dict[str, str]:
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         # Jobs inherit the head's environment: they find MLflow and the storage root unasked.
         MLFLOW_TRACKING_URI=f"http://{HOST}:{cfg.mlflow_port}",
-        ONEGEN_STORAGE=str(cfg.storage),
     )
     return env
 
@@ -220,7 +219,7 @@ class StackStatus:
 
     def env(self) -> dict[str, str]:
         """The variables a user exports to use the stack."""
-        return {"RAY_ADDRESS": self.ray.address, "MLFLOW_TRACKING_URI": self.mlflow.address, "ONEGEN_STORAGE": str(self.storage)}
+        return {"RAY_ADDRESS": self.ray.address, "MLFLOW_TRACKING_URI": self.mlflow.address}
 
     def env_lines(self, export: bool = False) -> list[str]:
         """`NAME=value` lines, or `export NAME=value` lines (shell-quoted) for `eval`."""

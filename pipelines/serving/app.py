@@ -26,9 +26,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ray import serve
 
+from components.config import FrozenConfig, GenerationConfig
 from components.generation.batcher import Batcher
-from components.config import FrozenConfig
-from components.generation.decoder import Event, GenerationConfig, InStreamDecoder
+from components.generation.decoder import Event, InStreamDecoder
 from components.model.onegen import OneGenModel
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
@@ -249,12 +249,12 @@ class OneGenServer:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: api.ChatCompletionRequest):
         model = self.current.model
-        prompt = model.encoder.prompt([m.model_dump() for m in body.messages])
+        prompt = model.formatter.prompt([m.model_dump() for m in body.messages])
         return await self._generate(body, prompt, chat=True)
 
     @app.post("/v1/completions")
     async def completions(self, body: api.CompletionRequest):
-        prompt = self.current.model.encoder.text(body.prompt)
+        prompt = self.current.model.formatter.text(body.prompt)
         return await self._generate(body, prompt, chat=False)
 
     @app.post("/v1/embeddings")
@@ -262,7 +262,7 @@ class OneGenServer:
         self._check_model(body.model)
         model = self.current.model
         vectors = (model.embed_queries if body.input_type == "query" else model.embed_documents)(body.texts).numpy()
-        tokens = sum(len(model.encoder.text(t)) for t in body.texts)
+        tokens = sum(len(model.formatter.text(t)) for t in body.texts)
         return {"object": "list", "model": self.served_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "data": [api.embedding_json(v, i, body.encoding_format) for i, v in enumerate(vectors)]}  # fmt: skip
 

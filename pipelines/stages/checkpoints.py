@@ -8,7 +8,7 @@ full unpickle, so they are not used. A checkpoint directory holds:
     optimizer-rank{r}.pt  rank r's ZeRO optimizer partition, `engine.optimizer.state_dict()`;
                           tensors and plain data plus three DeepSpeed types (SAFE_TYPES)  by rank r
     state.json            step, world size, ZeRO stage, LR scheduler state, the config
-                          fingerprint and the MLflow run id                           by rank 0
+                          config_hash and the MLflow run id                           by rank 0
 
 Every rank writes its files into a directory of its own and reports it with `ray.train.report`;
 Ray Train copies each rank's directory into the same `checkpoint_<step>` directory in storage
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
 
 WEIGHTS = "model.safetensors"
 STATE = "state.json"
@@ -50,12 +50,12 @@ class TrainState:
     step: int
     world_size: int
     zero_stage: int
-    fingerprint: str  # of the config the weights depend on: another config cannot resume them
+    config_hash: str  # of the config the weights depend on: another config cannot resume them
     scheduler: dict  # the LR scheduler's state_dict() (plain numbers for a LambdaLR)
     mlflow_run_id: str | None = None
 
 
-def config_fingerprint(config: dict) -> str:
+def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -119,7 +119,7 @@ def read_state(directory: str | Path, where: str | None = None) -> TrainState:
         raise CheckpointError(f"checkpoint {where} is corrupt: {STATE} is unreadable ({err})") from None
 
 
-def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, fingerprint: str, where: str) -> None:
+def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, config_hash: str, where: str) -> None:
     """ZeRO partitions are per rank and per stage: they only load into the same layout."""
     if (state.world_size, state.zero_stage) != (world_size, zero_stage):
         raise CheckpointError(
@@ -127,10 +127,10 @@ def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, fin
             f"this run has {world_size} workers with ZeRO stage {zero_stage}. Resume with the same "
             "workers.num_workers and workers.deepspeed.zero_stage, or train under another name."
         )
-    if state.fingerprint != fingerprint:
+    if state.config_hash != config_hash:
         raise CheckpointError(
-            f"checkpoint {where} was trained with another model config (fingerprint {state.fingerprint}, "
-            f"this run {fingerprint}): its weights do not fit; train under another name."
+            f"checkpoint {where} was trained with another model config (hash {state.config_hash}, "
+            f"this run {config_hash}): its weights do not fit; train under another name."
         )
 
 

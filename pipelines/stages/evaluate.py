@@ -23,24 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow import MlflowClient
 
-from components.platform import storage
+from components.config import GenerationConfig
 from components.data.corpus import Corpus
-from components.data.loading import encode_examples, iter_examples, load_corpus
-from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev, render
-from components.generation.decoder import GenerationConfig, InStreamDecoder
-from components.eval.teacher_forced import TeacherForced, teacher_forced
-from components.retrieval.index import DocumentIndex, IndexMismatchError, build_from_vectors
-from components.eval.metrics import exact_match, f1, normalize_answer, retrieval_metrics
-from components.retrieval.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, document_text
-from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from components.data.schema import Example
-from components.tokens import QUERY
+from components.data.screening import ScreenReport, encode_examples, iter_examples, load_corpus
 from components.data.tokenize import EncodedExample
-from components.data.screening import ScreenReport
+from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev, render
+from components.eval.metrics import exact_match, f1, normalize_answer, retrieval_metrics
+from components.eval.teacher_forced import TeacherForced, teacher_forced
+from components.generation.decoder import InStreamDecoder
+from components.model.onegen import ONEGEN_CONFIG, OneGenModel
+from components.platform import storage, tracking
+from components.retrieval.index import DocumentIndex, build_from_vectors
+from components.retrieval.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, document_text
+from components.tokens import QUERY
 from pipelines.config import PipelineConfig
-from pipelines.stages.index import load_model, local_dir, local_file, model_run
-from pipelines.local.jobs import StageError
+from pipelines.stages.locations import load_index, load_model, local_file
 
 RANK_DEPTH = 100  # each hop's rank is looked up this deep; a gold page further down is "> 100"
 WITHIN = 0.02  # generation must not suffer: held-out loss at most 2% above the plain LM's
@@ -190,7 +190,7 @@ def answer_quality(model: OneGenModel, index: DocumentIndex, examples: Sequence[
         return {}, []
     decoder = InStreamDecoder(model, index)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, max_retrievals=max_retrievals)
-    generations = decoder.generate([model.encoder.prompt(e.prompt) for e in examples], cfg)
+    generations = decoder.generate([model.formatter.prompt(e.prompt) for e in examples], cfg)
     per_question = []
     for example, gen in zip(examples, generations):
         reference = example.answer.replace(QUERY, "")
@@ -224,7 +224,7 @@ def plain_lm_comparison(cfg: PipelineConfig, loss: float, rows: Sequence[Encoded
     if not storage.exists(f"{location}/{ONEGEN_CONFIG}", cfg.storage.s3_endpoint_url):
         return {}, f"not available: no model at {location} (train it: onegen train --config <this config> --plain-lm)"
     plain = load_model(location, cfg.storage.s3_endpoint_url, scratch / "plain-lm")
-    plain_rows, _ = encode_examples(dev_path, corpus, plain.encoder, cfg.evaluate.max_length)
+    plain_rows, _ = encode_examples(dev_path, corpus, plain.formatter, cfg.evaluate.max_length)
     if [r.input_ids for r in plain_rows] != [r.input_ids for r in rows]:
         return {}, f"not comparable: {location} tokenises the dev rows differently"
     plain_loss = teacher_forced(plain, plain_rows).lm_loss
@@ -242,7 +242,7 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
     hop's leaf question to MiniLM; `encode` stands in for MiniLM (default: the real one)."""
     started = time.perf_counter()
     endpoint, data_dir = cfg.storage.s3_endpoint_url, cfg.data.dir.rstrip("/")
-    run_id = model_run(cfg, "evaluate")  # first: a wrong tracking URI fails now, not after the work
+    run_id = tracking.run_for(MlflowClient(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, cfg.run_name, "evaluate")  # first: a wrong tracking URI fails now, not after the work
     with tempfile.TemporaryDirectory(prefix="onegen-evaluate-") as tmp:
         scratch = Path(tmp)
         model = load_model(cfg.paths.model, endpoint, scratch / "model")
@@ -281,21 +281,11 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
     return report
 
 
-def load_index(location: str, endpoint: str | None, scratch: Path, fingerprint: str) -> DocumentIndex:
-    if not storage.exists(location, endpoint):
-        raise StageError(f"no index at {location}: run the index stage first")
-    fs, path = storage.filesystem(location, endpoint)
-    try:
-        return DocumentIndex.load(local_dir(fs, path, scratch), expected_fingerprint=fingerprint)
-    except IndexMismatchError as err:
-        raise StageError(f"{err} (run the index stage again after training)") from err
-
-
 def encode_dev(dev_path: Path, corpus: Corpus, model: OneGenModel, max_length: int,
                scratch: Path) -> tuple[list[EncodedExample], list[dict]]:
     """The dev rows that encode, and every one that does not with its reason (never dropped silently)."""
     quarantine = scratch / "dev_quarantine.jsonl"
-    rows, _ = encode_examples(dev_path, corpus, model.encoder, max_length, quarantine)
+    rows, _ = encode_examples(dev_path, corpus, model.formatter, max_length, quarantine)
     failed = [json.loads(line) for line in quarantine.read_text().splitlines()] if quarantine.exists() else []
     return rows, [{k: r[k] for k in ("row", "field", "kind", "reason")} for r in failed]
 

@@ -11,7 +11,6 @@ Ray Data returns batches in any order; the `position` column puts every vector b
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -20,19 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+from mlflow import MlflowClient
 
-from components.platform import storage
 from components.data.corpus import Corpus
-from components.data.loading import iter_examples, load_corpus
-from components.retrieval.index import build_from_vectors
-from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from components.data.schema import Document
-from components.data.screening import ScreenReport
+from components.data.screening import ScreenReport, iter_examples, load_corpus
+from components.model.onegen import OneGenModel
+from components.platform import storage, tracking
+from components.retrieval.index import build_from_vectors
 from pipelines.config import PipelineConfig
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
+from pipelines.stages.locations import local_dir, local_file, model_fingerprint
 
 SAMPLE_SEED = 0  # which non-dev documents a corpus_limit keeps: the same ones on every run
-STAGE_TAG = "onegen.stage"
 
 
 @dataclass
@@ -57,67 +56,6 @@ class IndexReport:
                 f"{self.negative_documents} hard negatives), dimension {self.dimension}, {self.kind}, model "
                 f"{self.fingerprint}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
                 f"MLflow run {self.run_id}")
-
-
-# -- locations --------------------------------------------------------------------------------
-
-
-def local_dir(fs: pafs.FileSystem, path: str, scratch: str | Path) -> Path:
-    """A directory as a local path: itself when local, else copied into `scratch`. Takes the
-    filesystem object, not a URI: it carries the credentials to workers that have none."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        return Path(path)
-    Path(scratch).mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(scratch), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return Path(scratch)
-
-
-def local_file(location: str, endpoint: str | None, scratch: str | Path) -> Path:
-    """A file as a local path (the in-process readers take paths): itself, or a downloaded copy."""
-    if not storage.is_remote(location):
-        return Path(location)
-    path = Path(scratch) / location.rsplit("/", 1)[-1]
-    path.write_bytes(storage.read_bytes(location, endpoint))
-    return path
-
-
-def load_model(location: str, endpoint: str | None, scratch: str | Path) -> OneGenModel:
-    if not storage.exists(f"{location}/{ONEGEN_CONFIG}", endpoint):
-        raise StageError(f"no trained model at {location} (no {ONEGEN_CONFIG}): run the train stage first")
-    fs, path = storage.filesystem(location, endpoint)
-    return OneGenModel.from_pretrained(local_dir(fs, path, scratch))
-
-
-def model_fingerprint(location: str, endpoint: str | None) -> str:
-    """The fingerprint a saved model carries (what `from_pretrained(...).fingerprint()` returns),
-    without loading its weights on the driver."""
-    if not storage.exists(f"{location}/{ONEGEN_CONFIG}", endpoint):
-        raise StageError(f"no trained model at {location} (no {ONEGEN_CONFIG}): run the train stage first")
-    return json.loads(storage.read_bytes(f"{location}/{ONEGEN_CONFIG}", endpoint))["fingerprint"]
-
-
-# -- MLflow: the index and the evaluation belong to the model version they were made with -------
-
-
-def model_run(cfg: PipelineConfig, stage: str) -> str:
-    """The latest training run of this pipeline (run name `cfg.name`, tag onegen.stage=train) in
-    the experiment; if there is none, a new run tagged with `stage`, so nothing goes unlogged."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.run_name = '{cfg.name}' and tags.`{STAGE_TAG}` = 'train'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=cfg.name, tags={STAGE_TAG: stage})
-    client.set_terminated(run.info.run_id)  # a record, not a live run
-    return run.info.run_id
 
 
 # -- which documents ----------------------------------------------------------------------------
@@ -203,7 +141,7 @@ def embed_corpus(corpus: Corpus, model_location: str, fingerprint: str, endpoint
 def build(cfg: PipelineConfig) -> IndexReport:
     """Run the stage: embed, index, save to `cfg.paths.index`, log to the model's MLflow run."""
     endpoint = cfg.storage.s3_endpoint_url
-    run_id = model_run(cfg, "index")  # first: a wrong tracking URI fails now, not after the embedding
+    run_id = tracking.run_for(MlflowClient(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, cfg.run_name, "index")  # first: a wrong tracking URI fails now, not after the embedding
     with tempfile.TemporaryDirectory(prefix="onegen-index-") as scratch:
         tmp = Path(scratch)
         fingerprint = model_fingerprint(cfg.paths.model, endpoint)

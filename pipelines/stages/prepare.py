@@ -6,7 +6,7 @@
 
 Rows are read as bytes and numbered per file, so a row with invalid UTF-8 is quarantined with its
 line number rather than failing the read. The per-row checks are the in-process ones
-(`components.data.screening`, `Encoder.example`); ids must be unique across all inputs, which no
+(`components.data.screening`, `Formatter.example`); ids must be unique across all inputs, which no
 single worker can see, so duplicates are found on the driver from the (source, row, id) columns.
 Kept rows are then repeated per source (`data.repeat`) and shuffled once with the training seed,
 so a trainer that reads the shards in order sees every source mixed.
@@ -25,14 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from components.platform import storage
-from components.model.base import load_tokenizer
 from components.config import FormatConfig
 from components.data.corpus import Corpus
 from components.data.schema import Document
-from components.tokens import add_tokens_to_tokenizer
-from components.data.tokenize import Encoder
 from components.data.screening import RowError, ScreenReport, check_references, parse_example, quarantine_record
+from components.data.tokenize import Formatter
+from components.model.base import load_tokenizer
+from components.platform import storage
 from pipelines.config import PipelineConfig
 
 ENCODED = pa.schema([
@@ -80,9 +79,7 @@ class Tokenize:
     """A Ray Data actor: loads the tokenizer and the corpus once, then checks and encodes rows."""
 
     def __init__(self, model_source: str, fmt: dict, corpus_jsonl: bytes, max_length: int):
-        tokenizer = load_tokenizer(model_source)
-        add_tokens_to_tokenizer(tokenizer)
-        self.encoder = Encoder(tokenizer, FormatConfig(**fmt))
+        self.formatter = Formatter(load_tokenizer(model_source), FormatConfig(**fmt))
         self.corpus = Corpus(Document.model_validate_json(line) for line in corpus_jsonl.splitlines() if line.strip())
         self.max_length = max_length
 
@@ -92,7 +89,7 @@ class Tokenize:
             try:
                 example = parse_example(bytes(raw), int(row))
                 check_references(example, int(row), self.corpus)
-                encoded = self.encoder.example(example, self.corpus, self.max_length, int(row)).to_row()
+                encoded = self.formatter.example(example, self.corpus, self.max_length, int(row)).to_row()
                 out.append({"source": source, "row": int(row), "raw": bytes(raw), "error": None, **encoded})
             except RowError as err:
                 record = quarantine_record(err, bytes(raw), source)

@@ -1,7 +1,7 @@
 """promote: register the trained model with its index and config as one MLflow model version, and
 move `@champion` to it only if it beats the current champion on the declared metric.
 
-    training run (named cfg.name, tagged onegen.stage=train) ─▶ cfg.promote.metric
+    training run (named cfg.run_name, tagged onegen.stage=train) ─▶ cfg.promote.metric
     paths.model + paths.index + config ─▶ registry.register ─▶ version N
     N vs @champion (metric read from the champion's own run):
         beats it by more than min_delta, or there is none ─▶ @champion = N
@@ -26,17 +26,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
-from components.platform import registry, storage
-from components.retrieval.index import MANIFEST_FILE
 from components.model.onegen import ONEGEN_CONFIG
+from components.platform import registry, storage, tracking
+from components.retrieval.index import MANIFEST_FILE
 from pipelines.config import PipelineConfig, PromoteConfig, dump_config
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
+from pipelines.stages.locations import model_fingerprint
 
-STAGE_TAG = "onegen.stage"  # set by the train stage on its MLflow run
 RUN_TAG = "onegen.run_id"
 FINGERPRINT_TAG = "onegen.fingerprint"
 PROMOTION_TAG = "onegen.promotion"
 REASON_TAG = "onegen.reason"
+METRIC_TAG_PREFIX = "onegen.metric."
 
 
 @dataclass
@@ -66,7 +67,7 @@ def promote(cfg: PipelineConfig) -> PromoteReport:
     client = MlflowClient(cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
     run = training_run(client, cfg)
     value = run_metric(run, cfg.promote.metric)
-    fingerprint = model_fingerprint(cfg)
+    fingerprint = model_fingerprint(cfg.paths.model, cfg.storage.s3_endpoint_url)
     name = cfg.mlflow.registered_model
     version = registered_from(client, name, run.info.run_id, fingerprint)
     reused = version is not None
@@ -82,19 +83,12 @@ def promote(cfg: PipelineConfig) -> PromoteReport:
 
 
 def training_run(client: MlflowClient, cfg: PipelineConfig) -> Run:
-    """The latest run named cfg.name that the train stage tagged."""
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is None:
-        raise StageError(f"no MLflow experiment {cfg.mlflow.experiment!r} at {cfg.mlflow.tracking_uri}: run the train stage first")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"attributes.run_name = '{cfg.name}' and tags.`{STAGE_TAG}` = 'train'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise StageError(f"no training run named {cfg.name!r} in experiment {cfg.mlflow.experiment!r}: run the train stage first")
-    return runs[0]
+    """The model's training run (components.platform.tracking)."""
+    run = tracking.training_run(client, cfg.mlflow.experiment, cfg.run_name)
+    if run is None:
+        raise StageError(f"no training run named {cfg.run_name!r} in experiment {cfg.mlflow.experiment!r} at "
+                         f"{cfg.mlflow.tracking_uri}: run the train stage first")
+    return run
 
 
 def run_metric(run: Run, metric: str) -> float:
@@ -102,16 +96,6 @@ def run_metric(run: Run, metric: str) -> float:
         logged = ", ".join(sorted(run.data.metrics)) or "none"
         raise StageError(f"training run {run.info.run_id} has no metric {metric!r} (logged: {logged}): run the evaluate stage first")
     return run.data.metrics[metric]
-
-
-def model_fingerprint(cfg: PipelineConfig) -> str:
-    """The saved model's fingerprint, read from its onegen.json without fetching the weights."""
-    location = f"{cfg.paths.model}/{ONEGEN_CONFIG}"
-    try:
-        meta = json.loads(storage.read_bytes(location, cfg.storage.s3_endpoint_url))
-    except FileNotFoundError:
-        raise StageError(f"no OneGen model at {cfg.paths.model} ({location} is missing): run the train stage first") from None
-    return meta["fingerprint"]
 
 
 def registered_from(client: MlflowClient, name: str, run_id: str, fingerprint: str) -> ModelVersion | None:
@@ -187,7 +171,7 @@ def champion_metric(client: MlflowClient, champion: ModelVersion, metric: str) -
 def apply(client: MlflowClient, name: str, version: ModelVersion, decision: Decision, metric: str, value: float) -> None:
     number = str(version.version)
     # Tags first: an alias never points at a version that does not yet say why.
-    client.set_model_version_tag(name, number, f"onegen.metric.{metric}", repr(value))
+    client.set_model_version_tag(name, number, f"{METRIC_TAG_PREFIX}{metric}", repr(value))
     client.set_model_version_tag(name, number, PROMOTION_TAG, decision.alias)
     client.set_model_version_tag(name, number, REASON_TAG, decision.reason)
     client.set_registered_model_alias(name, decision.alias, number)

@@ -13,25 +13,24 @@ train afresh, change `name` or delete the checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.platform import storage
-from components.model.base import default_cache_dir
-from pipelines.stages import checkpoints
+from components.cache import cache_dir
+from components.platform import storage, tracking
 from pipelines.config import PipelineConfig
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
+from pipelines.stages import checkpoints
 from pipelines.stages.train_worker import build_model, train_loop
 
 
 def torch_extensions_dir() -> Path:
     """Where JIT-compiled torch extensions (DeepSpeed ops) are kept: ~/.cache/onegen/torch_extensions.
     Every worker is pointed at it; infra/setup.sh fills it once (`warm_deepspeed_ops`)."""
-    return default_cache_dir() / "torch_extensions"
+    return cache_dir() / "torch_extensions"
 
 
 def warm_deepspeed_ops() -> None:
@@ -71,54 +70,16 @@ class TrainReport:
 # -- MLflow ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-def check_tracking_server(uri: str, timeout_s: int = 5) -> None:
-    """Fail before any worker starts when MLflow cannot be reached (MLflow's own retries would
-    otherwise keep a failing job silent for minutes)."""
-    from mlflow import MlflowClient
-
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s)):
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as err:
-            raise StageError(f"the MLflow tracking server {uri} is unreachable ({type(err).__name__}); start the "
-                             "local stack with `onegen up` or set mlflow.tracking_uri in the config") from None
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
-
-
 def start_mlflow_run(cfg: PipelineConfig) -> str:
-    """A run named after the config with the whole config as params; returns its id."""
+    """The model's run: named after the config, the whole config as params; returns its id."""
     from mlflow import MlflowClient
-    from mlflow.entities import Param
 
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=cfg.run_name, tags={"onegen.stage": "train", "onegen.run": cfg.name,
-                                                                     "onegen.variant": cfg.variant})
-    params = [Param(k, v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
-    for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
-    return run.info.run_id
+    try:
+        tracking.check_reachable(cfg.mlflow.tracking_uri)  # before any worker starts
+    except tracking.TrackingError as err:
+        raise StageError(str(err)) from None
+    return tracking.start_training_run(MlflowClient(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, cfg.run_name,
+                                       cfg.name, cfg.variant, cfg.model_dump(mode="json"))
 
 
 # -- the trainer -----------------------------------------------------------------------------------
@@ -198,7 +159,6 @@ def train(cfg: PipelineConfig, *, on_step=None) -> TrainReport:
     from mlflow import MlflowClient
 
     started = time.perf_counter()
-    check_tracking_server(cfg.mlflow.tracking_uri)
     run_id = start_mlflow_run(cfg)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:

@@ -21,14 +21,14 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from components.model.base import load_base
-from components.data.collate import Batch, Collator
 from components.config import TrainConfig
+from components.data.collate import Batch, Collator
+from components.model.base import load_base
 from components.model.losses import all_gather
 from components.model.onegen import OneGenModel
 from components.model.train_loop import DeepSpeedUpdate, StepMetrics, train
-from pipelines.stages import checkpoints
 from pipelines.config import PipelineConfig
+from pipelines.stages import checkpoints
 
 STEP_METRICS = ("loss", "lm_loss", "ret_loss", "lr")  # logged as they are; tokens/s is the world's
 
@@ -41,9 +41,9 @@ def build_model(cfg: TrainConfig) -> OneGenModel:
     return OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)
 
 
-def model_fingerprint(cfg: TrainConfig) -> str:
+def weights_config_hash(cfg: TrainConfig) -> str:
     """What the weights depend on; optimiser settings (lr, max_steps) may change on resume."""
-    return checkpoints.config_fingerprint({"model": cfg.model.model_dump(mode="json"), "max_length": cfg.max_length})
+    return checkpoints.config_hash({"model": cfg.model.model_dump(mode="json"), "max_length": cfg.max_length})
 
 
 def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
@@ -172,7 +172,7 @@ class Progress:
         sys.stdout.flush()
 
 
-def start_engine(cfg: PipelineConfig, rank: int, world: int, fingerprint: str):
+def start_engine(cfg: PipelineConfig, rank: int, world: int, config_hash: str):
     """(engine, TrainState or None): a fresh start, or the latest checkpoint restored: weights
     before deepspeed.initialize (the engine partitions what it is given), then this rank's
     optimizer partition and the LR schedule."""
@@ -183,7 +183,7 @@ def start_engine(cfg: PipelineConfig, rank: int, world: int, fingerprint: str):
         directory, where = found
         state = checkpoints.read_state(directory, where)
         checkpoints.check_compatible(state, world_size=world, zero_stage=cfg.workers.deepspeed.zero_stage,
-                                     fingerprint=fingerprint, where=where)
+                                     config_hash=config_hash, where=where)
         checkpoints.load_weights(directory, model, where)
         engine = initialize(model, cfg)
         checkpoints.load_optimizer(directory, engine.optimizer, rank, state, where)
@@ -200,9 +200,9 @@ def train_loop(config: dict) -> dict:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     stage = workers.deepspeed.zero_stage
-    fingerprint = model_fingerprint(cfg.train)
+    config_hash = weights_config_hash(cfg.train)
 
-    engine, state = start_engine(cfg, rank, world, fingerprint)
+    engine, state = start_engine(cfg, rank, world, config_hash)
     start = state.step if state else 0
     run_id = state.mlflow_run_id if state and state.mlflow_run_id else config["mlflow_run_id"]
     log = mlflow_logger(cfg.mlflow.tracking_uri, run_id) if rank == 0 else None
@@ -210,7 +210,7 @@ def train_loop(config: dict) -> dict:
         log(start, {"resumed_from_step": start})
 
     def save_and_report(m: StepMetrics, values: dict) -> None:
-        train_state = checkpoints.TrainState(m.step, world, stage, fingerprint, engine.lr_scheduler.state_dict(), run_id)
+        train_state = checkpoints.TrainState(m.step, world, stage, config_hash, engine.lr_scheduler.state_dict(), run_id)
         with tempfile.TemporaryDirectory(prefix="onegen-ckpt-") as tmp:
             checkpoints.save(tmp, engine.module, engine.optimizer, train_state, rank)
             # Every rank reports its own directory under one name: Ray Train merges them.
@@ -233,7 +233,7 @@ def train_loop(config: dict) -> dict:
             config["on_step"](m.step, rank)
 
     shard = ray.train.get_dataset_shard("train")
-    data = batches(shard, optim.batch_size, engine.module.encoder.pad_id, optim.seed + start)
+    data = batches(shard, optim.batch_size, engine.module.formatter.pad_id, optim.seed + start)
     result = train(engine, DeepSpeedUpdate(engine), data, cfg.train.loss, max_steps=optim.max_steps, start_step=start,
                    gather=gather, device=engine.device, on_step=after_step)
     return {"start_step": start, "steps": len(result.steps), "mlflow_run_id": run_id}

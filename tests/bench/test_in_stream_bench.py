@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import REQUIRED, head_calls, render_results_md
+from bench.common import REQUIRED, render_results_md
+from components.testing import head_calls
+from pipelines.checkout import REPO
 from pipelines.cli.main import main
 
-from pipelines.checkout import REPO
 IDS = ["p1_in_stream_overhead", "p2_vs_pipeline_same_size", "p3_vs_pipeline_minilm", "p4_decode_vs_hf_generate",
        "p5_batch_8_vs_1", "gritlm_caching"]
 

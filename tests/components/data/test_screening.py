@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from components.data.loading import encode_examples, load_corpus
-from components.data.screening import RowError, parse_document, parse_example
+from components.data.screening import RowError, encode_examples, load_corpus, parse_document, parse_example
 
 GOOD = {
     "id": "ok",
@@ -96,7 +95,7 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(tmp_path, corpus_file,
     ]
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     quarantine = tmp_path / "quarantine.jsonl"
-    encoded, report = encode_examples(path, corpus, tiny_model.encoder, max_length=160, quarantine=quarantine)
+    encoded, report = encode_examples(path, corpus, tiny_model.formatter, max_length=160, quarantine=quarantine)
 
     assert [e.id for e in encoded] == ["a", "f"]
     assert encoded[1].truncated_tokens > 0  # a cut after the last retrieval is allowed, and counted
@@ -117,5 +116,5 @@ def test_every_row_is_kept_or_quarantined_with_its_reason(tmp_path, corpus_file,
 def test_no_quarantine_file_when_every_row_is_good(tmp_path, small_corpus, tiny_model):
     path = write_jsonl(tmp_path / "train.jsonl", [row(id="a"), row(id="b")])
     quarantine = tmp_path / "quarantine.jsonl"
-    encoded, report = encode_examples(path, small_corpus, tiny_model.encoder, 512, quarantine)
+    encoded, report = encode_examples(path, small_corpus, tiny_model.formatter, 512, quarantine)
     assert len(encoded) == 2 and report.quarantined == 0 and not quarantine.exists()

@@ -3,82 +3,82 @@ import torch
 
 from components import tokens as st
 from components.data.collate import Collator, document_key
-from components.data.tokenize import IGNORE
 from components.data.screening import RowError
+from components.data.tokenize import IGNORE
 from tests.conftest import make_example
 
 
 @pytest.fixture
-def encoder(tiny_model):
-    return tiny_model.encoder
+def formatter(tiny_model):
+    return tiny_model.formatter
 
 
-def decode(encoder, ids):
-    return encoder.tokenizer.decode(ids)
+def decode(formatter, ids):
+    return formatter.tokenizer.decode(ids)
 
 
-def test_labels_are_targets_only_on_generated_tokens(encoder, small_corpus):
+def test_labels_are_targets_only_on_generated_tokens(formatter, small_corpus):
     example = make_example("Where was she born?[RQ] In London.", [["ada"]], [["byron"]])
-    enc = encoder.example(example, small_corpus, max_length=512)
+    enc = formatter.example(example, small_corpus, max_length=512)
     ids, labels = enc.input_ids, enc.labels
     q = enc.query_positions[0]
-    prompt = encoder.prompt(example.prompt)
+    prompt = formatter.prompt(example.prompt)
 
     assert ids[: len(prompt)] == prompt  # the tokenizer's own chat template
     assert all(label == IGNORE for label in labels[: len(prompt)])
-    assert ids[q] == encoder.query_id and labels[q] == encoder.query_id  # the model must learn to emit [RQ]
-    passage = encoder.passage(small_corpus["ada"])
+    assert ids[q] == formatter.query_id and labels[q] == formatter.query_id  # the model must learn to emit [RQ]
+    passage = formatter.passage(small_corpus["ada"])
     assert ids[q + 1 : q + 1 + len(passage)] == passage  # the inserted passage follows [RQ] ...
     assert all(label == IGNORE for label in labels[q + 1 : q + 1 + len(passage)])  # ... and is never a target
-    assert ids[q + 1] == encoder.special[st.PARAGRAPH_OPEN] and labels[q + 1] == IGNORE
+    assert ids[q + 1] == formatter.special[st.PARAGRAPH_OPEN] and labels[q + 1] == IGNORE
     targets = [t for t, label in zip(ids, labels) if label != IGNORE]
-    assert decode(encoder, targets) == "Where was she born?[RQ] In London.<|im_end|>"
-    assert ids[-1] in encoder.eos_ids  # the turn ends at EOS; the template's trailing newline is not trained
+    assert decode(formatter, targets) == "Where was she born?[RQ] In London.<|im_end|>"
+    assert ids[-1] in formatter.eos_ids  # the turn ends at EOS; the template's trailing newline is not trained
 
 
-def test_each_hop_inserts_its_first_positive(encoder, small_corpus):
+def test_each_hop_inserts_its_first_positive(formatter, small_corpus):
     example = make_example("Who?[RQ] Ada. Where?[RQ] London.", [["ada", "byron"], ["london"]], [["paris"], []])
-    enc = encoder.example(example, small_corpus, 512)
+    enc = formatter.example(example, small_corpus, 512)
     assert len(enc.query_positions) == 2
     for q, doc in zip(enc.query_positions, ["ada", "london"]):
-        passage = encoder.passage(small_corpus[doc])
+        passage = formatter.passage(small_corpus[doc])
         assert enc.input_ids[q + 1 : q + 1 + len(passage)] == passage
     assert enc.doc_ids == ["ada", "byron", "paris", "london"]
     assert enc.positives == [[0, 1], [3]] and enc.negatives == [[2], []]
     for tokens in enc.doc_input_ids:
-        assert tokens[-1] == encoder.document_id
+        assert tokens[-1] == formatter.document_id
 
 
-def test_documents_and_passages_are_truncated_to_the_format(encoder, small_corpus):
+def test_documents_and_passages_are_truncated_to_the_format(formatter, small_corpus):
     from components.config import FormatConfig
-    from components.data.tokenize import Encoder
+    from components.data.tokenize import Formatter
 
-    short = Encoder(encoder.tokenizer, FormatConfig(max_passage_tokens=3, max_document_tokens=4))
+    short = Formatter(formatter.tokenizer, FormatConfig(max_passage_tokens=3, max_document_tokens=4))
     doc = small_corpus["ada"]
     assert len(short.document(doc)) == 5 and short.document(doc)[-1] == short.document_id
     assert len(short.passage(doc)) == 5 and short.passage(doc)[-1] == short.special[st.PARAGRAPH_CLOSE]
 
 
-def test_a_retrieval_that_truncation_would_cut_is_an_error(encoder, small_corpus):
+def test_a_retrieval_that_truncation_would_cut_is_an_error(formatter, small_corpus):
     example = make_example("Filler. " * 40 + "Search[RQ] found.", [["ada"]])
-    full = len(encoder.example(example, small_corpus, 10_000).input_ids)
+    full = len(formatter.example(example, small_corpus, 10_000).input_ids)
     with pytest.raises(RowError, match="max_length=100") as err:
-        encoder.example(example, small_corpus, max_length=100, row=7)
+        formatter.example(example, small_corpus, max_length=100, row=7)
     assert (err.value.row, err.value.kind) == (7, "truncated_retrieval")
-    enc = encoder.example(example, small_corpus, max_length=full - 2)  # cuts only the end of the answer
+    enc = formatter.example(example, small_corpus, max_length=full - 2)  # cuts only the end of the answer
     assert enc.truncated_tokens == 2 and len(enc.input_ids) == full - 2
 
 
-def test_standalone_query_is_the_prompt_then_rq(encoder):
-    ids = encoder.query("capital of France")
-    assert ids[-1] == encoder.query_id
-    assert ids[:-1] == encoder.prompt([{"role": "user", "content": "capital of France"}])
+def test_standalone_query_is_the_prompt_then_rq(formatter):
+    ids = formatter.query("capital of France")
+    assert ids[-1] == formatter.query_id
+    assert ids[:-1] == formatter.prompt([{"role": "user", "content": "capital of France"}])
 
 
-def test_collator_pads_dynamically_to_a_multiple_of_8(encoder, small_corpus):
-    short = encoder.example(make_example("Hm?[RQ] London.", [["ada"]], [["paris"]], example_id="a"), small_corpus, 4096)
-    long = encoder.example(make_example("Hmm " * 30 + "?[RQ] London.", [["london"]], [["ada"]], example_id="b"), small_corpus, 4096)
-    batch = Collator(encoder.pad_id)([short, long])
+def test_collator_pads_dynamically_to_a_multiple_of_8(formatter, small_corpus):
+    short = formatter.example(make_example("Hm?[RQ] London.", [["ada"]], [["paris"]], example_id="a"), small_corpus, 4096)
+    long = formatter.example(make_example("Hmm " * 30 + "?[RQ] London.", [["london"]], [["ada"]], example_id="b"), small_corpus, 4096)
+    batch = Collator(formatter.pad_id)([short, long])
 
     width = len(long.input_ids)
     assert batch.input_ids.shape == (2, -(-width // 8) * 8)  # the longest row, rounded up; never max_length
@@ -87,8 +87,8 @@ def test_collator_pads_dynamically_to_a_multiple_of_8(encoder, small_corpus):
     assert batch.doc_input_ids.shape[1] % 8 == 0
     # "ada" is shared by both rows: embedded once
     assert batch.doc_input_ids.shape[0] == 3
-    assert batch.input_ids[batch.query_rows, batch.query_cols].tolist() == [encoder.query_id] * 2
-    assert batch.doc_input_ids[torch.arange(3), batch.doc_last].tolist() == [encoder.document_id] * 3
+    assert batch.input_ids[batch.query_rows, batch.query_cols].tolist() == [formatter.query_id] * 2
+    assert batch.doc_input_ids[torch.arange(3), batch.doc_last].tolist() == [formatter.document_id] * 3
     docs = ["ada", "paris", "london"]
     assert batch.doc_keys.tolist() == [document_key(d) for d in docs]
     assert [docs[i] for i in batch.positive.tolist()] == ["ada", "london"]

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data.loading import iter_examples, load_corpus
+from components.data.schema import Document, Example
+from components.data.screening import ScreenReport, iter_examples, load_corpus
 from components.datasets.build import BuildConfig, build_datasets, split_of
 from components.datasets.fanoutqa import fanoutqa_examples, leaves, render
 from components.datasets.inverse_cloze import ict_examples, query_sentence
 from components.datasets.negatives import MiniLMNegatives
 from components.datasets.vital_articles import vital_articles
-from components.data.schema import Document, Example
-from components.data.screening import ScreenReport
 
 ARTICLES = {
     "Ada Lovelace": {

@@ -12,7 +12,7 @@ def test_batching_by_length_gives_each_rows_vectors_in_the_rows_order(tiny_model
         ("Paris?[RQ] France.", [["paris"]]),
         ("Where" + " exactly" * 15 + "?[RQ] London. Capital?[RQ] England. Poet?[RQ] Byron.", [["ada"], ["london"], ["byron"]]),
     ]
-    rows = [tiny_model.encoder.example(make_example(t, p, example_id=f"r{i}"), small_corpus, 512) for i, (t, p) in enumerate(texts)]
+    rows = [tiny_model.formatter.example(make_example(t, p, example_id=f"r{i}"), small_corpus, 512) for i, (t, p) in enumerate(texts)]
     assert len({len(r.input_ids) for r in rows}) == 4 and sorted(rows, key=lambda r: len(r.input_ids)) != rows
 
     together = teacher_forced(tiny_model, rows, batch_size=2)

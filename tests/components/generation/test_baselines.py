@@ -1,16 +1,18 @@
 import pytest
 
+from components.config import GenerationConfig
 from components.data.collate import padded_length
-from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, ReplayIndex, gritlm_style
-from components.generation.decoder import GenerationConfig, InStreamDecoder
+from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, gritlm_style
+from components.generation.decoder import InStreamDecoder
 from components.retrieval.index import build_index
+from components.testing import ReplayIndex
 
 
 @pytest.fixture(scope="module")
 def setup(trained_tiny):
     model = trained_tiny.model
     index = build_index(model, trained_tiny.corpus)
-    prompts = [model.encoder.prompt(e.prompt) for e in trained_tiny.examples]
+    prompts = [model.formatter.prompt(e.prompt) for e in trained_tiny.examples]
     return model, index, prompts
 
 
@@ -50,7 +52,7 @@ def test_pipeline_rag_re_prefills_the_whole_text_after_each_retrieval(setup):
     # but the generator was called twice: the second call prefilled prompt + answer so far + passage
     first = in_stream.hops[0].step + 1
     assert widths.count(len(prompts[2])) == 1
-    assert len(prompts[2]) + first + len(model.encoder.passage(index.corpus[in_stream.hops[0].doc_ids[0]])) in widths
+    assert len(prompts[2]) + first + len(model.formatter.passage(index.corpus[in_stream.hops[0].doc_ids[0]])) in widths
 
 
 class Spy(LMQueryEncoder):
@@ -85,7 +87,7 @@ def test_gritlm_style_embeds_each_sub_question_in_a_separate_pass(setup):
     assert out.generated == in_stream.generated
     sub_question = model.tokenizer.decode(in_stream.generated[: in_stream.hops[0].step], skip_special_tokens=True).strip()
     # the extra embedding pass over the standalone query; the generation cache is kept (one prompt prefill)
-    assert padded_length(len(model.encoder.query(sub_question))) in widths and widths.count(len(prompts[0])) == 1
+    assert padded_length(len(model.formatter.query(sub_question))) in widths and widths.count(len(prompts[0])) == 1
 
 
 def test_a_baseline_index_must_come_from_its_query_encoder(setup):
@@ -107,7 +109,7 @@ def test_pipeline_with_minilm_retrieves_from_text(setup, small_corpus):
     index = minilm.index(small_corpus)
     hits = index.search(minilm(["the capital of France"]), 1)[0]
     assert hits[0].doc_id == "paris"
-    prompt = model.encoder.prompt([{"role": "user", "content": "What is the green cat called?"}])
+    prompt = model.formatter.prompt([{"role": "user", "content": "What is the green cat called?"}])
     out = PipelineRAG(model, index, minilm).generate(prompt, CFG)
     assert len(out.hops) == 1 and out.hops[0].doc_ids[0] in small_corpus
 

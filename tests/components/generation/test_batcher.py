@@ -2,8 +2,9 @@ import threading
 
 import pytest
 
+from components.config import GenerationConfig
 from components.generation.batcher import Batcher
-from components.generation.decoder import GenerationConfig, InStreamDecoder
+from components.generation.decoder import InStreamDecoder
 
 
 class Collect:
@@ -33,7 +34,7 @@ def test_requests_that_wait_are_decoded_together_and_get_their_own_events(tiny_m
             yield from decoder.stream(prompts, configs)
 
     batcher = Batcher(lambda: Gated(), max_batch=8, wait_s=0.05).start()
-    prompts = [tiny_model.encoder.prompt([{"role": "user", "content": f"question {i}"}]) for i in range(4)]
+    prompts = [tiny_model.formatter.prompt([{"role": "user", "content": f"question {i}"}]) for i in range(4)]
     cfg = GenerationConfig(max_new_tokens=6, retrieval=False)
     first, rest = Collect(), [Collect() for _ in range(3)]
     batcher.submit(prompts[0], cfg, first)
@@ -63,7 +64,7 @@ def test_a_failing_batch_is_reported_to_its_requests_and_the_loop_goes_on(tiny_m
         return decoder
 
     batcher = Batcher(provider, wait_s=0.0).start()
-    prompt = tiny_model.encoder.prompt([{"role": "user", "content": "hi"}])
+    prompt = tiny_model.formatter.prompt([{"role": "user", "content": "hi"}])
     failed, ok = Collect(), Collect()
     batcher.submit(prompt, GenerationConfig(max_new_tokens=3), failed)
     assert failed.done.wait(10) and isinstance(failed.events[-1], RuntimeError)
@@ -77,7 +78,7 @@ def test_a_fatal_error_leaves_the_batcher_unhealthy_so_the_server_is_restarted(t
         raise SystemExit("out of memory, say")
 
     batcher = Batcher(provider).start()
-    prompt = tiny_model.encoder.prompt([{"role": "user", "content": "hi"}])
+    prompt = tiny_model.formatter.prompt([{"role": "user", "content": "hi"}])
     victim = Collect()
     batcher.submit(prompt, GenerationConfig(max_new_tokens=3), victim)
     assert victim.done.wait(10) and isinstance(victim.events[-1], SystemExit)

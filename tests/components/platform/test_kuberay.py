@@ -10,10 +10,16 @@ import kmock
 import pytest
 import yaml
 
+from components.platform.kuberay import (
+    KINDS,
+    KubeRay,
+    KubeRayConflict,
+    KubeRayForbidden,
+    KubeRayNotFound,
+    KubeRayTimeout,
+    job_succeeded,  # fmt: skip
+)
 from pipelines.k8s import validation as k8s_validation
-from components.platform.kuberay import (KINDS, KubeRay, KubeRayConflict, KubeRayForbidden, KubeRayNotFound, KubeRayTimeout,
-                                job_succeeded)  # fmt: skip
-
 from tests.fixtures.kube import K8S, NAMESPACE, operator
 
 PLURALS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}

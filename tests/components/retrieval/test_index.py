@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from components.data.corpus import Corpus
+from components.data.schema import Document
 from components.retrieval.index import (
     DOCUMENTS_FILE,
     INDEX_FILE,
@@ -19,7 +20,6 @@ from components.retrieval.index import (
     build_index,
     ivf_cells,
 )
-from components.data.schema import Document
 from pipelines.cli.main import main
 
 

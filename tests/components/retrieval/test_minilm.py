@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from components.retrieval import minilm
-from components.retrieval.minilm import MiniLMRetriever, document_text, load_corpus_matrix, save_corpus_matrix, search
 from components.data.schema import Document
+from components.retrieval import minilm
+from components.retrieval.minilm import MiniLMRetriever, document_text, load_corpus_matrix, save_corpus_matrix
+from components.retrieval.topk import top_k
 
 
 def test_document_text_is_title_and_description_else_start_of_text():
@@ -21,15 +22,6 @@ def test_document_text_is_title_and_description_else_start_of_text():
     assert document_text(doc, "   ") == document_text(doc)
     untitled = Document(id="x", title="", text="Only text.")
     assert document_text(untitled) == "Only text."
-
-
-def test_search_returns_top_k_best_first():
-    docs = np.array([[1, 0], [0.6, 0.8], [0, 1], [-1, 0]], dtype=np.float32)
-    queries = np.array([[1, 0], [0, 1]], dtype=np.float32)
-    scores, top = search(queries, docs, k=2)
-    assert top.tolist() == [[0, 1], [2, 1]]
-    np.testing.assert_allclose(scores, [[1, 0.6], [1, 0.8]])
-    assert search(queries, docs, k=10)[1].shape == (2, 4)  # k is capped at the corpus size
 
 
 def test_corpus_matrix_cache_is_keyed_by_ids_and_texts(tmp_path):
@@ -65,17 +57,21 @@ def test_missing_package_names_it(monkeypatch):
 
 @pytest.fixture(scope="module")
 def retriever() -> MiniLMRetriever:
-    return MiniLMRetriever()
+    import sentence_transformers  # noqa: F401  (importing torch sets torch's own variables)
+
+    before = dict(os.environ)
+    loaded = MiniLMRetriever()
+    assert dict(os.environ) == before  # loading changes no process-wide setting
+    return loaded
 
 
 @pytest.mark.real_model
 @pytest.mark.timeout(120)
 def test_real_minilm_gives_unit_vectors_that_find_the_right_document(retriever):
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
     docs = ["Paris: Capital of France", "Mount Everest: Highest mountain on Earth", "Photosynthesis: Biological process"]
     queries = ["What is the tallest mountain in the world?", "Which city is the French capital?"]
     doc_vecs, query_vecs = retriever.encode(docs), retriever.encode(queries, batch_size=1)
     assert doc_vecs.dtype == np.float32 and doc_vecs.shape == (3, retriever.dim) == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(doc_vecs, axis=1), 1, atol=1e-5)
-    assert search(query_vecs, doc_vecs, k=1)[1].ravel().tolist() == [1, 0]
+    assert top_k(query_vecs, doc_vecs, k=1)[1].ravel().tolist() == [1, 0]
     assert retriever.encode([]).shape == (0, 384)

@@ -16,11 +16,12 @@ def saved(trained_tiny, tmp_path_factory):
 
 def expected(trained_tiny, question: str):
     """The in-process answer of the same weights, which the command must print."""
-    from components.generation.decoder import GenerationConfig, InStreamDecoder
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
 
     model = trained_tiny.model
     decoder = InStreamDecoder(model, build_index(model, trained_tiny.corpus))
-    return decoder.generate([model.encoder.prompt([{"role": "user", "content": question}])], GenerationConfig())[0]
+    return decoder.generate([model.formatter.prompt([{"role": "user", "content": question}])], GenerationConfig())[0]
 
 
 def test_ask_prints_the_answer_and_the_passages_retrieved_mid_answer(saved, trained_tiny, capsys):

@@ -8,9 +8,8 @@ import time
 import pytest
 from kubernetes import client
 
-from pipelines.cli.main import main
 from pipelines.cli.k8s import with_config
-
+from pipelines.cli.main import main
 from tests.fixtures.kube import K8S, NAMESPACE
 
 RAYJOB = str(K8S / "base/rayjob-train.yaml")

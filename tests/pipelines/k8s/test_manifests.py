@@ -11,7 +11,6 @@ import yaml
 
 from pipelines.k8s import validation as k8s_validation
 from pipelines.k8s.validation import check_rendered, check_tree, resolve_import_path
-
 from tests.fixtures.kube import K8S, REPO
 
 needs_render = pytest.mark.skipif(not k8s_validation.can_render(), reason="needs kubectl or kustomize")

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from pipelines.k8s import validation as k8s_validation
-from pipelines.k8s.validation import check_rendered, check_tree, quantity, strict
-
+from pipelines.k8s.validation import check_rendered, check_tree, strict
 from tests.fixtures.kube import K8S
 
 
@@ -215,8 +214,10 @@ def test_strict_closes_every_listed_object_but_preserve_unknown_ones():
     assert "additionalProperties" not in schema  # the input is left as it was
 
 
-def test_quantities_compare_exactly():
-    assert quantity("500m") == quantity("0.5") < quantity(1) == quantity("1000m")
-    assert quantity("1Gi") == 1024 * quantity("1Mi") and quantity("1G") == 10**9 and quantity("1e3") == 1000
-    with pytest.raises(ValueError):
-        quantity("8x")
+def test_quantities_compare_exactly_and_a_bad_one_is_named():
+    def container(requests: dict, limits: dict) -> dict:
+        return {"spec": {"containers": [{"name": "c", "resources": {"requests": requests, "limits": limits}}]}}
+
+    assert k8s_validation._resources(container({"cpu": "500m", "memory": "1Gi"}, {"cpu": "0.5", "memory": "1024Mi"})) == []
+    assert k8s_validation._resources(container({"memory": "1G"}, {"memory": "1e3"}))[0].endswith("requests.memory 1G > limits.memory 1e3")
+    assert "8x" in k8s_validation._resources(container({"cpu": "8x"}, {"cpu": "1"}))[0]

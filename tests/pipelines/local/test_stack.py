@@ -17,8 +17,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pipelines.local import processes, stack
+from pipelines.checkout import REPO
 from pipelines.cli.main import main
+from pipelines.local import processes, stack
 from pipelines.local.stack import (
     MAX_SOCKET_PATH,
     RAY_SOCKET_SUFFIX,
@@ -34,8 +35,6 @@ from pipelines.local.stack import (
     wait_ready,
 )
 from tests.fixtures.servers import stack_on_free_ports
-
-from pipelines.checkout import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +82,6 @@ def test_cli_flags_override_the_config_file(tmp_path, capsys):
     assert code == 1  # nothing runs there
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:6001" in out
     assert "RAY_ADDRESS=http://127.0.0.1:8266" in out
-    assert f"ONEGEN_STORAGE={tmp_path / 's' / 'storage'}" in out
 
 
 # --- env lines --------------------------------------------------------------------------------
@@ -102,13 +100,12 @@ def test_env_lines_and_exports_survive_eval(tmp_path):
     assert st.env_lines() == [
         "RAY_ADDRESS=http://127.0.0.1:8265",
         "MLFLOW_TRACKING_URI=http://127.0.0.1:5000",
-        f"ONEGEN_STORAGE={storage}",
     ]
     exports = "\n".join(st.env_lines(export=True))
     assert all(line.startswith("export ") for line in exports.splitlines())
-    shell = 'eval "$1"; printf "%s\\n" "$RAY_ADDRESS" "$MLFLOW_TRACKING_URI" "$ONEGEN_STORAGE"'
+    shell = 'eval "$1"; printf "%s\\n" "$RAY_ADDRESS" "$MLFLOW_TRACKING_URI"'
     out = subprocess.run(["bash", "-c", shell, "bash", exports], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["http://127.0.0.1:8265", "http://127.0.0.1:5000", str(storage)]
+    assert out.splitlines() == ["http://127.0.0.1:8265", "http://127.0.0.1:5000"]
 
 
 # --- pid files --------------------------------------------------------------------------------
@@ -143,7 +140,7 @@ def test_pid_file_older_than_its_process_names_a_reused_pid(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_stop_process_ends_the_leader_and_its_session(tmp_path):
-    port = processes.free_port()
+    (port,) = processes.free_ports(1)
     # The leader leaves a child behind that ignores its parent's death: the session sweep must end it.
     command = ["bash", "-c", f"sleep 300 & exec {sys.executable} -m http.server {port} --bind 127.0.0.1"]
     pid_file, log = tmp_path / "web.pid", tmp_path / "web.log"
@@ -192,7 +189,7 @@ def test_children_of_a_leader_killed_outright_are_stopped_too(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_a_service_that_dies_is_reported_with_its_log_tail(tmp_path):
-    service = _doomed_service(processes.free_port())
+    service = _doomed_service(processes.free_ports(1)[0])
     processes.start_process(service.command, service.env, tmp_path / "doomed.pid", tmp_path / "doomed.log")
     start = time.monotonic()
     with pytest.raises(StackError, match=r"(?s)doomed did not come up: exited.*config file is broken"):
@@ -263,7 +260,7 @@ def test_up_job_mlflow_down_end_to_end(tmp_path, capsys):
         assert main(["up", *argv]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith("started ray, mlflow in ")
-        assert out[-3:] == [f"RAY_ADDRESS={ray_url}", f"MLFLOW_TRACKING_URI={mlflow_url}", f"ONEGEN_STORAGE={cfg.storage}"]
+        assert out[-2:] == [f"RAY_ADDRESS={ray_url}", f"MLFLOW_TRACKING_URI={mlflow_url}"]
         first = status(cfg)
         assert first.healthy and first.ray.pid and first.mlflow.pid and cfg.storage.is_dir()
 
@@ -276,14 +273,13 @@ def test_up_job_mlflow_down_end_to_end(tmp_path, capsys):
         assert capsys.readouterr().out.splitlines() == [
             f"export RAY_ADDRESS={ray_url}",
             f"export MLFLOW_TRACKING_URI={mlflow_url}",
-            f"export ONEGEN_STORAGE={cfg.storage}",
         ]
 
         # A job runs this venv's python and inherits the stack's addresses from the head.
-        code = "import os, sys; print(42, sys.executable, os.environ['MLFLOW_TRACKING_URI'], os.environ['ONEGEN_STORAGE'])"
+        code = "import os, sys; print(42, sys.executable, os.environ['MLFLOW_TRACKING_URI'])"
         state, logs = _run_job(ray_url, f'python -c "{code}"', timeout_s=120)
         assert state == "SUCCEEDED", logs
-        assert f"42 {Path(sys.executable).parent / 'python'} {mlflow_url} {cfg.storage}" in logs
+        assert f"42 {Path(sys.executable).parent / 'python'} {mlflow_url}" in logs
 
         import mlflow
 

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from components.config import GenerationConfig
+from components.generation.decoder import InStreamDecoder
 from components.model.base import tiny_llama
-from components.generation.decoder import GenerationConfig, InStreamDecoder
-from components.retrieval.index import build_index
 from components.model.onegen import OneGenModel
+from components.retrieval.index import build_index
 from pipelines.config import PipelineConfig
 from pipelines.local.processes import free_ports
 from pipelines.stages.promote import promote
@@ -42,7 +43,7 @@ def trained(base_tokenizer, mlflow_server, root, seed: int, recall: float) -> tu
 
 
 def answer(model: OneGenModel, max_tokens: int) -> str:
-    prompt = model.encoder.prompt([{"role": "user", "content": "Tell me a story."}])
+    prompt = model.formatter.prompt([{"role": "user", "content": "Tell me a story."}])
     cfg = GenerationConfig(max_new_tokens=max_tokens, temperature=0)
     return InStreamDecoder(model).generate([prompt], cfg)[0].text
 

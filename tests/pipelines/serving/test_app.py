@@ -68,12 +68,13 @@ def ask(color_animal: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def in_process(trained_tiny):
     """What the same weights answer in-process: the server must reproduce it exactly."""
-    from components.generation.decoder import GenerationConfig, InStreamDecoder
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
 
     decoder = InStreamDecoder(trained_tiny.model, build_index(trained_tiny.model, trained_tiny.corpus))
 
     def answer(messages: list[dict]):
-        return decoder.generate([trained_tiny.model.encoder.prompt(messages)], GenerationConfig(max_new_tokens=24))[0]
+        return decoder.generate([trained_tiny.model.formatter.prompt(messages)], GenerationConfig(max_new_tokens=24))[0]
 
     return answer
 

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from components.retrieval.index import build_index
 from components.eval.metrics import normalize_answer
+from components.retrieval.index import build_index
 from pipelines.config import PipelineConfig, load_config
 from pipelines.stages.evaluate import evaluate, loose_accuracy
 from tests.conftest import ANIMALS, COLORS
@@ -83,9 +83,9 @@ def test_evaluate_logs_retrieval_answers_and_loss_into_the_training_run(trained_
     # The row whose retrieval does not fit is reported, not dropped.
     assert (m["dev_rows"], m["dev_rows_failed"]) == (32, 1)
     assert report.failed_rows[0]["row"] == 33 and report.failed_rows[0]["kind"] == "truncated_retrieval"
-    # Free generation: the tiny model retrieves in-stream and says "It is called ...", but garbles the
-    # name it should copy; so F1 is well above 0, EM is 0, and loose accuracy counts the names said.
-    assert m["answer_questions"] == 4 and m["answer_f1"] > 0.5 and m["answer_em"] == 0
+    # Free generation: the tiny model retrieves in-stream and says "It is called <name>.", copying the
+    # name from the passage it retrieved: most answers are the reference word for word.
+    assert m["answer_questions"] == 4 and m["answer_f1"] > 0.5 and m["answer_em"] >= 0.5
     names = [q["decomposition"][0]["answer"] for q in fanoutqa_questions(trained_tiny.examples[:4])]
     said = [name.lower() in a["generated"].lower() for name, a in zip(names, report.answers)]
     assert m["answer_loose_acc"] == pytest.approx(np.mean(said)) and m["answer_loose_acc_questions"] == 4

@@ -5,10 +5,10 @@ import faiss
 import numpy as np
 import pytest
 
-from components.model.base import tiny_llama
 from components.data.corpus import Corpus
-from components.retrieval.index import INDEX_FILE, DocumentIndex, build_index
+from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
+from components.retrieval.index import INDEX_FILE, DocumentIndex, build_index
 from pipelines.config import PipelineConfig, load_config
 from pipelines.stages.index import build, choose_documents
 from tests.conftest import synthetic_retrieval

@@ -45,11 +45,11 @@ def test_prepare_writes_shards_and_quarantines_bad_rows_with_reasons(ray_cluster
     table = pq.read_table(f"{cfg.paths.prepared}/train")
     assert table.num_rows == 31 and len(list((tmp_path / "storage/prepared/tiny/train").glob("*.parquet"))) == 2
     row = next(r for r in table.to_pylist() if r["id"] == "q3")  # one row, tokenised as in-process
+    from components.data.tokenize import Formatter
     from components.tokens import add_tokens_to_tokenizer
-    from components.data.tokenize import Encoder
 
     add_tokens_to_tokenizer(tokenizer)
-    expected = Encoder(tokenizer, cfg.train.model.format).example(examples[3], corpus, cfg.train.max_length).to_row()
+    expected = Formatter(tokenizer, cfg.train.model.format).example(examples[3], corpus, cfg.train.max_length).to_row()
     assert row == expected and IGNORE in row["labels"]
 
     records = [json.loads(line) for line in open(report.quarantine)]

@@ -14,13 +14,14 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from components.platform import registry, storage
+from components.config import GenerationConfig
+from components.generation.decoder import InStreamDecoder
 from components.model.base import tiny_llama
-from components.generation.decoder import GenerationConfig, InStreamDecoder
-from components.retrieval.index import DocumentIndex, build_index
 from components.model.onegen import OneGenModel
+from components.platform import registry, storage
+from components.retrieval.index import DocumentIndex, build_index
 from pipelines.config import PipelineConfig, load_config
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
 from pipelines.stages.promote import promote
 from tests.conftest import synthetic_retrieval
 
@@ -265,7 +266,7 @@ def test_the_pyfunc_answers_with_a_retrieval_trace(trained_tiny, mlflow_server, 
     # The registered weights, tokenizer and index answer exactly as the in-memory ones do.
     model = trained_tiny.model
     decoder = InStreamDecoder(model, DocumentIndex.load(files / "index"))
-    prompts = [model.encoder.prompt([{"role": "user", "content": q}]) for q in questions]
+    prompts = [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
     expected = decoder.generate(prompts, GenerationConfig(max_new_tokens=24))
     assert [a["question"] for a in answers] == questions
     assert [a["answer"] for a in answers] == [g.text for g in expected]

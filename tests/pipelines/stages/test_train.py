@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
-from pipelines.stages import checkpoints
 from pipelines.config import PipelineConfig, load_config
-from pipelines.local.jobs import StageError
+from pipelines.errors import StageError
+from pipelines.stages import checkpoints
 from pipelines.stages.prepare import ENCODED
 from pipelines.stages.train import train
 from pipelines.stages.train_worker import build_model
@@ -44,7 +44,7 @@ def prepared_table(cfg: PipelineConfig) -> pa.Table:
     """`synthetic_retrieval` encoded as the prepare stage would: 32 rows, 16 per worker, 4 batches of 4."""
     model = build_model(cfg.train)
     corpus, examples = synthetic_retrieval()
-    rows = [model.encoder.example(e, corpus, cfg.train.max_length).to_row() for e in examples]
+    rows = [model.formatter.example(e, corpus, cfg.train.max_length).to_row() for e in examples]
     return pa.Table.from_pylist(rows, schema=ENCODED)
 
 
@@ -197,8 +197,8 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
     from tests.conftest import make_example
 
     optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
-    rows = [tiny_model.encoder.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
-    train_steps(tiny_model, optimizer, [Collator(tiny_model.encoder.pad_id)(rows)] * 2, max_steps=2)
+    rows = [tiny_model.formatter.example(make_example("Who?[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    train_steps(tiny_model, optimizer, [Collator(tiny_model.formatter.pad_id)(rows)] * 2, max_steps=2)
     state = checkpoints.TrainState(2, 1, 1, "abc", {"last_epoch": 2}, "run-1")
     good = checkpoints.save(tmp_path / "good", tiny_model, ZeroLike(optimizer), state, rank=0)
     assert sorted(p.name for p in good.iterdir()) == ["model.safetensors", "optimizer-rank0.pt", "state.json"]
@@ -208,7 +208,7 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
     fresh = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer)
     loaded = checkpoints.read_state(good)
     assert loaded == state
-    checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, fingerprint="abc", where="x")
+    checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, config_hash="abc", where="x")
     checkpoints.load_weights(good, fresh)
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), tiny_model.parameters()))
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
@@ -234,4 +234,4 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
         checkpoints.read_state(bad_state)
     # A checkpoint of another layout names itself and what differs.
     with pytest.raises(checkpoints.CheckpointError, match="written by 1 workers with ZeRO stage 1; this run has 2 workers"):
-        checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, fingerprint="abc", where=str(good))
+        checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, config_hash="abc", where=str(good))

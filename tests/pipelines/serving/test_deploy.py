@@ -1,23 +1,22 @@
 """`onegen serve` sends infra/serve.yaml, with its flags applied, to the dashboard's Serve REST API,
 which validates it as a `ServeDeploySchema`: the config it builds must pass that validation."""
 
-import argparse
 from pathlib import Path
 
+import yaml
 from ray.serve import schema
 
-from pipelines.cli.serve import CONFIG, add_arguments, serve_config
-from pipelines.local.jobs import REPO
+from pipelines.checkout import REPO
+from pipelines.cli.serve import CONFIG
+from pipelines.serving.deploy import serve_config
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+def default() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
 
 
 def test_the_default_config_is_a_valid_serve_deploy_config_that_runs_this_checkout():
-    config = serve_config(parse())
+    config = serve_config(default())
     schema.ServeDeploySchema.model_validate(config)  # a local path here is refused ("Expected URI")
     (app,) = config["applications"]
     assert app["runtime_env"]["working_dir"] == f"local://{REPO}" and Path(REPO, "pipelines").is_dir()
@@ -26,7 +25,7 @@ def test_the_default_config_is_a_valid_serve_deploy_config_that_runs_this_checko
 
 
 def test_flags_replace_the_model_source_and_port(tmp_path):
-    config = serve_config(parse("--model", str(tmp_path / "m"), "--index", str(tmp_path / "i"), "--port", "8123"))
+    config = serve_config(default(), model_dir=str(tmp_path / "m"), index_dir=str(tmp_path / "i"), port=8123)
     schema.ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     assert "model_uri" not in app["args"] and app["args"]["model_dir"] == str(tmp_path / "m")

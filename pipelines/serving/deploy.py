@@ -1,0 +1,66 @@
+"""Deploying the Serve app to a running Ray through its dashboard's Serve REST API, what
+`serve deploy config.yaml -a http://127.0.0.1:8265` does: PUT the config to
+`/api/serve/applications/`, then poll the same route until the application runs or fails.
+
+    config = serve_config(yaml.safe_load(Path("infra/serve.yaml").read_text()), model_uri="models:/onegen@champion")
+    url = deploy(config, "http://127.0.0.1:8265", timeout_s=600)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import httpx
+
+from pipelines.checkout import REPO
+
+ROUTE = "/api/serve/applications/"
+
+
+class DeployError(RuntimeError):
+    """The application could not be deployed or did not start; the message says why."""
+
+
+def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str | None = None,
+                 index_dir: str | None = None, port: int | None = None) -> dict:
+    """`config` (a Serve config, e.g. infra/serve.yaml) with a model source and port applied, running
+    this checkout in place: a Serve config, unlike `ray job submit`, takes no local path to upload,
+    and on the local stack the checkout is already on the only node."""
+    config = copy.deepcopy(config)
+    app = config["applications"][0]
+    if model_dir is not None:
+        app["args"].pop("model_uri", None)
+        app["args"].update(model_dir=model_dir, index_dir=index_dir)
+    elif model_uri is not None:
+        app["args"]["model_uri"] = model_uri
+    if port is not None:
+        config["http_options"]["port"] = port
+    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": f"local://{REPO}"}
+    return config
+
+
+def application_url(config: dict) -> str:
+    return f"http://{config['http_options']['host']}:{config['http_options']['port']}"
+
+
+def deploy(config: dict, address: str, timeout_s: float, on_status: Callable[[str], None] | None = None) -> str:
+    """Deploy and wait until the first application is RUNNING; returns its URL."""
+    name = config["applications"][0]["name"]
+    with httpx.Client(base_url=address.rstrip("/"), timeout=30, trust_env=False) as client:
+        answer = client.put(ROUTE, json=config)
+        if not answer.is_success:
+            raise DeployError(f"{address} refused the Serve config ({answer.status_code}): {answer.text.strip()}")
+        deadline, status = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            app = client.get(ROUTE).json().get("applications", {}).get(name, {})
+            if app.get("status") != status and on_status is not None:
+                on_status(app.get("status", "NOT_STARTED"))
+            status = app.get("status")
+            if status == "RUNNING":
+                return application_url(config)
+            if status == "DEPLOY_FAILED":
+                raise DeployError(f"{name} failed to deploy:\n{app.get('message', '')}")
+            time.sleep(2)
+    raise DeployError(f"{name} was not running after {timeout_s:.0f}s (status {status}); see `serve status -a {address}`")
