@@ -92,3 +92,7 @@ class GenerationConfig(FrozenConfig):
     mode: Literal["rag", "link"] = "rag"
     top_k: PositiveInt = 1  # passages inserted per hop
     max_retrievals: NonNegativeInt = 4  # hops per answer; [RQ] is suppressed after the last
+    # Retrieve whenever P([RQ]) exceeds this (Self-RAG's threshold policy), not only when [RQ] is
+    # the likeliest token. None: plain sampling (argmax when greedy). A trained model stores the
+    # value calibrated for it (OneGenModel.retrieval_threshold).
+    retrieval_threshold: float | None = Field(None, ge=0, le=1)

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from components.config import FrozenConfig, IndexConfig, TrainConfig
+from components.config import FrozenConfig, GenerationConfig, IndexConfig, TrainConfig
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -40,6 +40,10 @@ class DataConfig(FrozenConfig):
     # train file → how many times each of its rows is used: a small source that teaches the
     # behaviour (FanOutQA's walks) among a large one that teaches retrieval (inverse cloze).
     repeat: dict[str, PositiveInt] = {}
+    # Training walks (never the dev split) on which the train stage calibrates the threshold
+    # policy's τ for the trained weights (components/generation/threshold.py); None: no τ.
+    calibration: str | None = None
+    calibration_rows: PositiveInt = 32
 
     @model_validator(mode="after")
     def _repeat_names_train_files(self) -> DataConfig:
@@ -80,21 +84,20 @@ class IndexStageConfig(FrozenConfig):
     batch_size: PositiveInt = 32  # documents per forward pass
     actors: PositiveInt = 1
     cpus_per_actor: PositiveFloat = 1.0
-    # Index only this many documents (the dev hops' gold pages and their hard negatives first,
-    # then a seeded sample). None: the whole corpus. A CPU cannot embed 10k documents in minutes.
-    corpus_limit: PositiveInt | None = None
 
 
 class EvaluateConfig(FrozenConfig):
     ks: list[PositiveInt] = [1, 5, 10]
     max_length: PositiveInt = 8192  # teacher-forced dev rows are read whole: no hop is cut
-    answers: NonNegativeInt = 16  # dev questions answered by free generation for EM/F1 (slow on CPU)
-    max_new_tokens: PositiveInt = 256
+    # Free-running answers to every dev question: these settings, always greedy, with plain argmax
+    # retrieval and (when the model has a calibrated τ) the threshold policy.
+    generation: GenerationConfig = GenerationConfig()
+    batch_size: PositiveInt = 16  # questions decoded together
     plain_lm_baseline: bool = True  # fine-tune λ_ret = 0 on the same rows: generation must not suffer
 
 
 class PromoteConfig(FrozenConfig):
-    metric: str = "in_stream_recall_at_1"
+    metric: str = "free_evidence_recall"  # what users get: the gold pages the model retrieves while answering
     greater_is_better: bool = True
     min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by more than this
 

@@ -89,3 +89,18 @@ def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: N
         }
         for q, hops in kept
     ]
+
+
+def question_leaves(examples: Sequence, questions: Sequence[dict], corpus_ids: Container[str]) -> dict[str, list[dict]]:
+    """Example id → the FanOutQA leaves its hops ask, for the examples built from `questions` (by
+    `fanoutqa_examples`): their hops are exactly the question's in-corpus leaves, depth first, gold
+    page for gold page. Examples from elsewhere, or whose pages differ, are left out."""
+    by_id = {q["id"]: q for q in questions}
+    matched = {}
+    for example in examples:
+        if example.id in by_id:
+            hops = in_corpus_leaves(by_id[example.id], corpus_ids)
+            same_pages = all(gold_title(leaf) in ids for leaf, ids in zip(hops, example.positives))
+            if len(hops) == len(example.positives) and same_pages:
+                matched[example.id] = hops
+    return matched

@@ -254,6 +254,8 @@ class InStreamDecoder:
                 logits[self.entity_id] = float("-inf")
             if cfg.mode == "link":
                 logits[self.query_id] = float("-inf")
+            if self._wants_retrieval(row, logits):
+                return self.query_id
         if cfg.temperature == 0:
             return int(logits.argmax())
         probs = F.softmax(logits / cfg.temperature, dim=-1)
@@ -263,6 +265,15 @@ class InStreamDecoder:
             sorted_probs[cut] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _wants_retrieval(self, row: _Row, logits: torch.Tensor) -> bool:
+        """The threshold policy (Self-RAG's): retrieve whenever the model gives [RQ] more than
+        `retrieval_threshold` of its probability, even if another token is likelier. The step
+        then feeds [RQ] as usual, so the query is still the model's own [RQ] state."""
+        tau = row.cfg.retrieval_threshold
+        if tau is None or row.cfg.mode != "rag" or not self._retrieving(row):
+            return False
+        return float(F.softmax(logits.float(), dim=-1)[self.query_id]) > tau
 
     def _check_finished(self, row: _Row, token: int) -> list[Event]:
         row.text += self._new_text(row)

@@ -86,6 +86,13 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def materialize(source: str) -> None:
+    """Make the base model ready to load: SmolLM2 converted into the cache now, by this process,
+    before training workers start (each would otherwise wait on the conversion's lock)."""
+    if source == "smollm2":
+        smollm2_dir()
+
+
 def load_base(source: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for a ModelConfig.source: "smollm2", "tiny" or an HF model directory."""
     if source == "smollm2":

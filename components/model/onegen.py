@@ -44,6 +44,9 @@ class OneGenModel(nn.Module):
         self.tokenizer = tokenizer
         self.formatter = Formatter(tokenizer, fmt)
         self._fingerprint: str | None = None
+        # The threshold policy's τ calibrated for these weights (GenerationConfig.retrieval_threshold);
+        # saved with the model, None until calibrated.
+        self.retrieval_threshold: float | None = None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -160,6 +163,7 @@ class OneGenModel(nn.Module):
             "format": self.formatter.format.model_dump(),
             "special_tokens": self.formatter.special,
             "fingerprint": self._fingerprint,
+            "retrieval_threshold": self.retrieval_threshold,
         }
         (directory / ONEGEN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
@@ -182,6 +186,7 @@ class OneGenModel(nn.Module):
             lm = _with_lora(lm, tokenizer, lora)
         model = cls(lm, tokenizer, FormatConfig(**meta["format"]))
         model._fingerprint = meta["fingerprint"] if lora is None else None
+        model.retrieval_threshold = meta.get("retrieval_threshold")
         return model
 
 

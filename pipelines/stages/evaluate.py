@@ -1,15 +1,18 @@
-"""evaluate: how well the trained model retrieves in-stream and answers, on the FanOutQA dev split.
+"""evaluate: what the trained model gives a user, on the FanOutQA dev split that training never
+sees, over the whole index the stage built (the corpus that is registered and served):
 
-    dev rows ─encode (evaluate.max_length)─▶ teacher-forced [RQ] vectors ─▶ the stage's index
-                                             Recall@k, MRR, each hop's rank
-    each hop's FanOutQA leaf question ─MiniLM─▶ the same documents: the baseline, side by side
-    first `answers` questions ─InStreamDecoder, greedy─▶ loose accuracy, token F1, EM
-    GEN tokens ─next-token loss─▶ held-out LM loss (against a plain-LM fine-tune when there is one)
+    teacher-forced   each dev hop's [RQ] vector after the gold walk so far ─▶ the index: Recall@k, MRR;
+                     MiniLM on the same hops' sub-questions over the same corpus, side by side
+    free-running     every dev question answered by the model itself (the in-stream decoder, greedy,
+                     the generation settings of `evaluate.generation`), with plain argmax retrieval
+                     and, when the model has a calibrated τ, the threshold policy: evidence recall
+                     (the question's gold pages among everything retrieved), questions answered
+                     without retrieving, hops per answer; beside the pipeline a user would build
+                     instead: MiniLM given the question, its top N with N = the answer's retrieval
+                     budget (max_retrievals × top_k), and N = what the model actually retrieved
+    answers          FanOutQA's loose and strict accuracy of the final answer, token F1 and EM
+    LM loss          next-token loss on the dev walks, beside the plain-LM fine-tune's when there is one
     all of it ─▶ the model's MLflow run: metrics, recall_at_k.png, evaluation.json
-
-Teacher forcing gives every hop the query vector the decoder would have at that [RQ] had the
-answer gone right so far (components.eval.teacher_forced): retrieval is measured apart from generation
-errors. Free generation then measures the two together.
 """
 
 from __future__ import annotations
@@ -25,48 +28,27 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from components.config import GenerationConfig
 from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, encode_examples, iter_examples, load_corpus
 from components.data.tokenize import EncodedExample
-from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev, render
-from components.eval.metrics import exact_match, f1, normalize_answer, retrieval_metrics
-from components.eval.teacher_forced import TeacherForced, teacher_forced
-from components.generation.decoder import InStreamDecoder
+from components.datasets.fanoutqa import question_leaves, read_dev, render
+from components.eval import free_running
+from components.eval.metrics import exact_match, f1, loose_accuracy, strict_accuracy
+from components.eval.ranking import Ranking, search_index, search_matrix
+from components.eval.teacher_forced import teacher_forced
+from components.generation.decoder import Generation, InStreamDecoder
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from components.platform import storage, tracking
-from components.retrieval.index import DocumentIndex, build_from_vectors
+from components.retrieval.index import DocumentIndex
 from components.retrieval.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, document_text
-from components.tokens import QUERY
 from pipelines.config import PipelineConfig
 from pipelines.stages.locations import load_index, load_model, local_file
 
-RANK_DEPTH = 100  # each hop's rank is looked up this deep; a gold page further down is "> 100"
 WITHIN = 0.02  # generation must not suffer: held-out loss at most 2% above the plain LM's
+FINAL = "So the answer is:"  # how a walk states its final answer (components/datasets/fanoutqa.py)
 
 Encode = Callable[[list[str]], np.ndarray]  # texts → unit vectors (MiniLM, or a test's stand-in)
-
-
-@dataclass
-class Ranking:
-    """One retriever's results for a list of hops."""
-
-    hops: list[tuple[str, int]]  # (example id, hop index)
-    gold: list[set[str]]
-    ranked: list[list[str]]  # doc ids, best first, RANK_DEPTH deep
-
-    def metrics(self, ks: Sequence[int]) -> dict[str, float]:
-        """Recall@k and MRR over the top max(ks): MRR@10 by default, as components.eval.teacher_forced."""
-        return retrieval_metrics([r[: max(ks)] for r in self.ranked], self.gold, ks)
-
-    def ranks(self) -> list[int | None]:
-        """1-based rank of each hop's first gold page; None when deeper than RANK_DEPTH."""
-        return [next((i + 1 for i, d in enumerate(r) if d in g), None) for r, g in zip(self.ranked, self.gold)]
-
-    def recall_curve(self, depth: int) -> list[float]:
-        return [sum(bool(set(r[:k]) & g) for r, g in zip(self.ranked, self.gold)) / max(len(self.gold), 1)
-                for k in range(1, depth + 1)]
 
 
 @dataclass
@@ -77,138 +59,115 @@ class EvaluateReport:
     plain_lm: str = ""  # where the plain-LM model was, or why there is no comparison
     minilm_documents: str = ""  # where MiniLM's document vectors came from
     failed_rows: list[dict] = field(default_factory=list)  # dev rows that could not be encoded, with why
-    hops: list[dict] = field(default_factory=list)  # per hop: ids, gold, both ranks
-    answers: list[dict] = field(default_factory=list)  # per answered question
+    hops: list[dict] = field(default_factory=list)  # per teacher-forced hop: ids, gold, both ranks
+    answers: list[dict] = field(default_factory=list)  # per dev question and policy: text, retrievals, scores
 
     def summary(self) -> str:
-        m = self.metrics
-        lines = [f"evaluate: {m['dev_rows']:.0f} dev rows encoded, {m['dev_rows_failed']:.0f} failed; "
-                 f"{m['in_stream_queries']:.0f} hops in-stream, {m['minilm_queries']:.0f} for MiniLM; "
-                 f"index of {m['evaluate_index_documents']:.0f} documents",
-                 "  k   | in-stream | MiniLM"]
-        nan = float("nan")  # MiniLM had no hop to answer
-        for k in self.ks:
-            lines.append(f"  {k:<3} | {m[f'in_stream_recall_at_{k}']:9.3f} | {m.get(f'minilm_recall_at_{k}', nan):6.3f}")
-        lines.append(f"  MRR | {m['in_stream_mrr']:9.3f} | {m.get('minilm_mrr', nan):6.3f}")
-        if "answer_questions" in m:
-            lines.append(f"answers ({m['answer_questions']:.0f} questions): loose accuracy {m['answer_loose_acc']:.3f}, "
-                         f"token F1 {m['answer_f1']:.3f}, EM {m['answer_em']:.3f}")
-        plain = (f"{m['plain_lm_heldout_lm_loss']:.4f}, {m['lm_loss_vs_plain_lm']:+.2%}, within 2%: "
-                 f"{bool(m['lm_loss_within_2pct'])}" if "lm_loss_vs_plain_lm" in m else self.plain_lm)
-        lines.append(f"held-out LM loss {m['heldout_lm_loss']:.4f} on {m['heldout_lm_tokens']:.0f} tokens; plain LM: {plain}")
-        for row in self.failed_rows:
-            lines.append(f"  failed dev row {row['row']}: {row['kind']}: {row['reason']}")
-        lines.append(f"MLflow run {self.run_id}")
-        return "\n".join(lines)
+        return summary_table(self.metrics, self.ks) + "".join(
+            f"\n  failed dev row {row['row']}: {row['kind']}: {row['reason']}" for row in self.failed_rows
+        ) + f"\n  plain LM: {self.plain_lm}\nMLflow run {self.run_id}"
 
 
-# -- retrieval --------------------------------------------------------------------------------
+def summary_table(m: dict[str, float], ks: Sequence[int]) -> str:
+    """The evaluation as a user reads it: ours beside MiniLM, teacher-forced and free-running."""
+    nan = float("nan")
+    lines = [f"evaluation on {m.get('dev_questions', 0):.0f} FanOutQA dev questions ({m.get('teacher_forced_queries', 0):.0f} hops), "
+             f"index of {m.get('index_documents', 0):.0f} documents (the whole corpus: {m.get('corpus_documents', 0):.0f})",
+             f"  teacher-forced   {'':13}" + " ".join(f"{'R@' + str(k):>7}" for k in ks) + f" {'MRR':>7}"]
+    for prefix, label in (("teacher_forced", "OneGen [RQ]"), ("minilm", "MiniLM")):
+        row = [m.get(f"{prefix}_recall_at_{k}", nan) for k in ks] + [m.get(f"{prefix}_mrr", nan)]
+        lines.append(f"    {label:<28}" + " ".join(f"{v:7.3f}" for v in row))
+    lines.append(f"  free-running     {'':13} {'evidence':>9} {'docs/q':>7} {'no-RQ':>7} {'hops':>6}")
+    rows = [("free", "OneGen, argmax"), ("free_tau", f"OneGen, τ={m.get('retrieval_threshold', nan):.3f}"),
+            ("minilm_budget", "MiniLM top-N (budget)"), ("minilm_matched", "MiniLM top-N (= argmax's)"),
+            ("minilm_matched_tau", "MiniLM top-N (= τ's)")]
+    for prefix, label in rows:
+        if f"{prefix}_evidence_recall" in m:
+            lines.append(f"    {label:<28} {m[f'{prefix}_evidence_recall']:9.3f} {m[f'{prefix}_documents_per_question']:7.2f} "
+                         f"{m.get(f'{prefix}_no_retrieval_rate', nan):7.3f} {m.get(f'{prefix}_hops_per_answer', nan):6.2f}")
+    for prefix, label in (("answer", "argmax"), ("answer_tau", "τ")):
+        if f"{prefix}_f1" in m:
+            lines.append(f"  answers ({label}): loose accuracy {m[f'{prefix}_loose_acc']:.3f}, strict {m[f'{prefix}_strict_acc']:.3f}, "
+                         f"F1 {m[f'{prefix}_f1']:.3f}, EM {m[f'{prefix}_em']:.3f}")
+    plain = (f"; plain LM {m['plain_lm_heldout_lm_loss']:.4f} ({m['lm_loss_vs_plain_lm']:+.2%})" if "lm_loss_vs_plain_lm" in m else "")
+    lines.append(f"  held-out LM loss {m.get('heldout_lm_loss', nan):.4f}{plain}")
+    return "\n".join(lines)
 
 
-def search(index: DocumentIndex, queries: np.ndarray) -> list[list[str]]:
-    if len(queries) == 0:
-        return []
-    _, positions = index.search_arrays(np.ascontiguousarray(queries, dtype=np.float32), RANK_DEPTH)
-    return [[index.corpus.at(int(p)).id for p in row if p >= 0] for row in positions]
+# -- MiniLM: the retriever a user would pick instead -------------------------------------------
 
 
-def in_stream(forced: TeacherForced, rows: Sequence[EncodedExample], index: DocumentIndex) -> Ranking:
-    """Teacher-forced [RQ] vectors of every hop, searched in the stage's index."""
-    hops = [(row.id, h) for row in rows for h in range(len(row.positives))]
-    return Ranking(hops, forced.gold, search(index, forced.queries.numpy()))
-
-
-def fanoutqa_leaves(examples: Sequence[Example], questions: Sequence[dict], corpus: Corpus) -> dict[str, list[dict]]:
-    """Example id → its hops' FanOutQA leaves, for the examples whose hops are exactly the
-    question's in-corpus leaves, depth first, gold page for gold page (how the rows were built)."""
-    by_id = {q["id"]: q for q in questions}
-    matched = {}
-    for example in examples:
-        if example.id in by_id:
-            leaves = in_corpus_leaves(by_id[example.id], corpus)
-            same_pages = all(gold_title(leaf) in ids for leaf, ids in zip(leaves, example.positives))
-            if len(leaves) == len(example.positives) and same_pages:
-                matched[example.id] = leaves
-    return matched
-
-
-def cached_minilm_rows(data_dir: str, ids: Sequence[str], endpoint: str | None) -> np.ndarray | None:
-    """Rows of the corpus matrix `onegen data build` cached beside the data, for `ids`; None if
-    there is none or it lacks one of them. (Its fingerprint needs the articles' descriptions,
-    which a Corpus does not carry: the model name and ids are what can be checked here.)"""
+def minilm_corpus(data_dir: str, corpus: Corpus, encode: Encode, endpoint: str | None) -> tuple[np.ndarray, str]:
+    """MiniLM vectors of every document: the matrix `onegen data build` cached beside the data
+    ("title: description"), when it covers these ids, else encoded here ("title: start of text")."""
     try:
         meta = json.loads(storage.read_bytes(f"{data_dir}/{MATRIX_META}", endpoint))
         matrix = np.load(io.BytesIO(storage.read_bytes(f"{data_dir}/{MATRIX_FILE}", endpoint)))
-    except (FileNotFoundError, ValueError):
-        return None
-    row = {doc_id: i for i, doc_id in enumerate(meta.get("ids", []))}
-    if meta.get("model") != MODEL_NAME or matrix.shape[0] != len(row) or not all(d in row for d in ids):
-        return None
-    return np.ascontiguousarray(matrix[[row[d] for d in ids]], dtype=np.float32)
+        row = {doc_id: i for i, doc_id in enumerate(meta.get("ids", []))}
+        if meta.get("model") == MODEL_NAME and matrix.shape[0] == len(row) and all(d in row for d in corpus.ids):
+            rows = np.ascontiguousarray(matrix[[row[d] for d in corpus.ids]], dtype=np.float32)
+            return rows, f"{MODEL_NAME} corpus matrix cached by `onegen data build` (title: description)"
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    return encode([document_text(d) for d in corpus]), f"{MODEL_NAME}, encoded here (title: start of text)"
 
 
-def minilm(index: DocumentIndex, hops: Ranking, leaves: dict[str, list[dict]], encode: Encode | None,
-           cached: np.ndarray | None) -> tuple[Ranking, str]:
-    """MiniLM over the index's documents, queried with each hop's leaf question (the hops whose
-    question is known); and where its document vectors came from."""
-    keep = [i for i, (example_id, _) in enumerate(hops.hops) if example_id in leaves]
-    if not keep:
-        return Ranking([], [], []), "not run: no dev hop matched a FanOutQA leaf question"
-    encode = encode or _minilm_encoder()
-    if cached is not None:
-        doc_vectors, source = cached, f"{MODEL_NAME} corpus matrix cached by `onegen data build` (title: description)"
-    else:
-        doc_vectors, source = encode([document_text(d) for d in index.corpus]), "encoded here (title: start of text)"
-    docs = build_from_vectors(doc_vectors, index.corpus, MODEL_NAME)
-    queries = encode([leaves[hops.hops[i][0]][hops.hops[i][1]]["question"] for i in keep])
-    return Ranking([hops.hops[i] for i in keep], [hops.gold[i] for i in keep], search(docs, queries)), source
+def _minilm_encoder() -> Encode:
+    from components.retrieval.minilm import MiniLMRetriever
+
+    return MiniLMRetriever().encode
 
 
-# -- answers ------------------------------------------------------------------------------------
+# -- free-running answers ---------------------------------------------------------------------
 
 
-def loose_accuracy(text: str, sub_answers: Sequence[str]) -> float | None:
-    """FanOutQA's loose accuracy of one answer: the fraction of the gold sub-answers that appear
-    in the generated text, both normalised. Here a sub-answer is a hop's whole rendered answer (a
-    list answer is one string), which is stricter than FanOutQA's own flattening into items."""
-    golds = [g for g in (normalize_answer(a) for a in sub_answers) if g]
-    if not golds:
-        return None
-    said = normalize_answer(text)
-    return sum(g in said for g in golds) / len(golds)
+def final_answer_text(text: str) -> str:
+    """What the answer states as its final answer: after "So the answer is:", else all of it."""
+    return text.rsplit(FINAL, 1)[-1].strip() if FINAL in text else text
 
 
-def answer_quality(model: OneGenModel, index: DocumentIndex, examples: Sequence[Example],
-                   leaves: dict[str, list[dict]], max_new_tokens: int, max_retrievals: int) -> tuple[dict, list[dict]]:
-    """Free generation (greedy, in-stream retrieval) from the user message alone.
+def answer_scores(prefix: str, generations: Sequence[Generation], references: Sequence) -> dict[str, float]:
+    """FanOutQA's loose / strict accuracy of each answer's text, and SQuAD F1 / EM of its final
+    answer against the rendered reference, averaged over the questions with a reference."""
+    scored = [(final_answer_text(g.text), r) for g, r in zip(generations, references) if r is not None]
+    if not scored:
+        return {}
+    n = len(scored)
+    return {f"{prefix}_questions": float(n),
+            f"{prefix}_loose_acc": sum(loose_accuracy(r, t) for t, r in scored) / n,
+            f"{prefix}_strict_acc": sum(strict_accuracy(r, t) for t, r in scored) / n,
+            f"{prefix}_f1": sum(f1(t, render(r)) for t, r in scored) / n,
+            f"{prefix}_em": sum(exact_match(t, render(r)) for t, r in scored) / n}
 
-    EM is strict here by construction: the reference is the whole walk (every sub-question, every
-    sub-answer, then the final answer) with [RQ] removed, so an exact match needs the model to
-    reproduce a long multi-sentence text word for word; it stays near 0 even for good answers.
-    Token F1 credits the overlap, and loose accuracy asks only whether the facts were stated."""
-    if not examples:
-        return {}, []
+
+def free_running_block(model: OneGenModel, index: DocumentIndex, examples: Sequence[Example], references: Sequence,
+                       minilm_questions: np.ndarray, minilm_docs: np.ndarray, cfg: PipelineConfig) -> tuple[dict, list[dict]]:
+    """Every dev question answered with each policy, and MiniLM's pipeline on the same questions."""
+    gold = [{d for ids in e.positives for d in ids} for e in examples]
+    prompts = [model.formatter.prompt(e.prompt) for e in examples]
     decoder = InStreamDecoder(model, index)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, max_retrievals=max_retrievals)
-    generations = decoder.generate([model.formatter.prompt(e.prompt) for e in examples], cfg)
-    per_question = []
-    for example, gen in zip(examples, generations):
-        reference = example.answer.replace(QUERY, "")
-        sub_answers = [render(leaf["answer"]) for leaf in leaves.get(example.id, [])]
-        per_question.append({
-            "id": example.id, "generated": gen.text, "reference": reference,
-            "retrieved": [h.doc_ids for h in gen.hops], "gold": [list(p) for p in example.positives],
-            "loose_acc": loose_accuracy(gen.text, sub_answers), "f1": f1(gen.text, reference),
-            "em": exact_match(gen.text, reference),
-        })
-    loose = [q["loose_acc"] for q in per_question if q["loose_acc"] is not None]
-    metrics = {
-        "answer_questions": float(len(per_question)),
-        "answer_loose_acc": float(np.mean(loose)) if loose else float("nan"),
-        "answer_loose_acc_questions": float(len(loose)),
-        "answer_f1": float(np.mean([q["f1"] for q in per_question])),
-        "answer_em": float(np.mean([q["em"] for q in per_question])),
-    }
+    base = cfg.evaluate.generation.model_copy(update={"temperature": 0.0, "retrieval_threshold": None})
+    policies = {"free": base}
+    if model.retrieval_threshold is not None:
+        policies["free_tau"] = base.model_copy(update={"retrieval_threshold": model.retrieval_threshold})
+    metrics: dict[str, float] = {}
+    per_question: list[dict] = []
+    budget = base.max_retrievals * base.top_k
+    theirs = free_running.top_n(minilm_questions, minilm_docs, index.corpus.ids, [budget] * len(examples))
+    metrics.update(free_running.summary("minilm_budget", theirs, gold))
+    for name, gen_cfg in policies.items():
+        generations = free_running.answer(decoder, prompts, gen_cfg, cfg.evaluate.batch_size)
+        ours = [free_running.retrieved(g) for g in generations]
+        metrics.update(free_running.summary(name, ours, gold, generations))
+        matched = free_running.top_n(minilm_questions, minilm_docs, index.corpus.ids, [len(o) for o in ours])
+        metrics.update(free_running.summary("minilm_matched" + name.removeprefix("free"), matched, gold))
+        metrics.update(answer_scores("answer" + name.removeprefix("free"), generations, references))
+        per_question += [{"policy": name, "id": e.id, "question": e.prompt[-1].content, "answer": g.text,
+                          "retrieved": [{"doc_ids": h.doc_ids, "titles": h.titles, "scores": h.scores, "step": h.step} for h in g.hops],
+                          "gold": sorted(gs), "minilm_budget": t, "reference": r}
+                         for e, g, gs, t, r in zip(examples, generations, gold, theirs, references)]
+    if model.retrieval_threshold is not None:
+        metrics["retrieval_threshold"] = model.retrieval_threshold
     return metrics, per_question
 
 
@@ -239,10 +198,10 @@ def plain_lm_comparison(cfg: PipelineConfig, loss: float, rows: Sequence[Encoded
 def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
              encode: Encode | None = None) -> EvaluateReport:
     """Run the stage. `questions` (FanOutQA-shaped dicts; default: the installed dev file) give each
-    hop's leaf question to MiniLM; `encode` stands in for MiniLM (default: the real one)."""
+    hop's sub-question and each question's reference answer; `encode` stands in for MiniLM."""
     started = time.perf_counter()
     endpoint, data_dir = cfg.storage.s3_endpoint_url, cfg.data.dir.rstrip("/")
-    run_id = tracking.run_for(MlflowClient(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, cfg.run_name, "evaluate")  # first: a wrong tracking URI fails now, not after the work
+    run_id = tracking.run_for(MlflowClient(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, cfg.run_name, "evaluate")
     with tempfile.TemporaryDirectory(prefix="onegen-evaluate-") as tmp:
         scratch = Path(tmp)
         model = load_model(cfg.paths.model, endpoint, scratch / "model")
@@ -251,28 +210,34 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
         dev_path = local_file(f"{data_dir}/{cfg.data.dev}", endpoint, scratch)
         rows, failed = encode_dev(dev_path, corpus, model, cfg.evaluate.max_length, scratch)
         examples = list(iter_examples(dev_path, corpus, ScreenReport(source=str(dev_path))))
-        leaves = fanoutqa_leaves(examples, read_dev() if questions is None else questions, corpus)
+        questions = read_dev() if questions is None else questions
+        leaves = question_leaves(examples, questions, corpus)
+        by_id = {q["id"]: q for q in questions}
+        encode = encode or _minilm_encoder()
+        minilm_docs, minilm_source = minilm_corpus(data_dir, index.corpus, encode, endpoint)
 
         forced = teacher_forced(model, rows)  # one pass: query vectors and the LM loss
-        ours = in_stream(forced, rows, index)
-        cached = cached_minilm_rows(data_dir, index.corpus.ids, endpoint)
-        theirs, minilm_source = minilm(index, ours, leaves, encode, cached)
-        max_hops = max((len(e.positives) for e in examples), default=1)
-        answer_metrics, answers = answer_quality(model, index, examples[: cfg.evaluate.answers], leaves,
-                                                 cfg.evaluate.max_new_tokens, max_hops)
-        loss, tokens = forced.lm_loss, forced.lm_tokens
-        plain_metrics, plain_lm = plain_lm_comparison(cfg, loss, rows, dev_path, corpus, scratch)
+        hops = [(row.id, h) for row in rows for h in range(len(row.positives))]
+        ours = Ranking(hops, forced.gold, search_index(index, forced.queries.numpy()))
+        known = [i for i, (example_id, _) in enumerate(hops) if example_id in leaves]  # hops with a sub-question
+        sub_questions = encode([leaves[hops[i][0]][hops[i][1]]["question"] for i in known]) if known else np.zeros((0, 1))
+        theirs = Ranking([hops[i] for i in known], [forced.gold[i] for i in known],
+                         search_matrix(sub_questions, minilm_docs, index.corpus.ids))
+
+        references = [by_id[e.id]["answer"] if e.id in by_id else None for e in examples]
+        question_vectors = encode([e.prompt[-1].content for e in examples]) if examples else np.zeros((0, 1))
+        free, answers = free_running_block(model, index, examples, references, question_vectors, minilm_docs, cfg)
+        plain_metrics, plain_lm = plain_lm_comparison(cfg, forced.lm_loss, rows, dev_path, corpus, scratch)
 
         indexed = set(index.corpus.ids)  # a gold page outside the index can never be found: count those hops
         metrics = {
-            **_prefixed("in_stream", ours.metrics(cfg.evaluate.ks)),
+            **_prefixed("teacher_forced", ours.metrics(cfg.evaluate.ks)),
             **(_prefixed("minilm", theirs.metrics(cfg.evaluate.ks)) if theirs.gold else {"minilm_queries": 0.0}),
-            **answer_metrics,
-            "heldout_lm_loss": loss, "heldout_lm_tokens": float(tokens), **plain_metrics,
-            "dev_rows": float(len(rows)), "dev_rows_failed": float(len(failed)),
+            **free, "heldout_lm_loss": forced.lm_loss, "heldout_lm_tokens": float(forced.lm_tokens), **plain_metrics,
+            "dev_questions": float(len(examples)), "dev_rows_failed": float(len(failed)),
             "dev_rows_truncated": float(sum(r.truncated_tokens > 0 for r in rows)),
-            "in_stream_gold_not_indexed": float(sum(not (g & indexed) for g in ours.gold)),
-            "evaluate_index_documents": float(index.ntotal),
+            "gold_not_indexed": float(sum(not (g & indexed) for g in ours.gold)),
+            "index_documents": float(index.ntotal), "corpus_documents": float(len(corpus)),
             "evaluate_seconds": time.perf_counter() - started,
         }
         report = EvaluateReport(metrics, list(cfg.evaluate.ks), run_id, plain_lm, minilm_source, failed,
@@ -290,22 +255,16 @@ def encode_dev(dev_path: Path, corpus: Corpus, model: OneGenModel, max_length: i
     return rows, [{k: r[k] for k in ("row", "field", "kind", "reason")} for r in failed]
 
 
-def _minilm_encoder() -> Encode:
-    from components.retrieval.minilm import MiniLMRetriever
-
-    return MiniLMRetriever().encode
-
-
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     """recall@1 → <prefix>_recall_at_1, mrr → <prefix>_mrr, queries → <prefix>_queries."""
     return {f"{prefix}_{k.replace('@', '_at_')}": float(v) for k, v in metrics.items()}
 
 
 def _per_hop(ours: Ranking, theirs: Ranking) -> list[dict]:
-    minilm_rank = dict(zip(theirs.hops, theirs.ranks()))
-    return [{"example": example_id, "hop": hop, "gold": sorted(gold), "in_stream_rank": rank,
-             "in_stream_top": ranked[0] if ranked else None, "minilm_rank": minilm_rank.get((example_id, hop))}
-            for (example_id, hop), gold, rank, ranked in zip(ours.hops, ours.gold, ours.ranks(), ours.ranked)]
+    minilm_rank = dict(zip(theirs.queries, theirs.ranks()))
+    return [{"example": example_id, "hop": hop, "gold": sorted(gold), "teacher_forced_rank": rank,
+             "teacher_forced_top": ranked[0] if ranked else None, "minilm_rank": minilm_rank.get((example_id, hop))}
+            for (example_id, hop), gold, rank, ranked in zip(ours.queries, ours.gold, ours.ranks(), ours.ranked)]
 
 
 # -- MLflow -------------------------------------------------------------------------------------
@@ -319,9 +278,9 @@ def plot_recall(ours: Ranking, theirs: Ranking, ks: Sequence[int], path: Path) -
 
     depth = max(ks)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for ranking, label in ((ours, f"in-stream [RQ] ({len(ours.gold)} hops)"), (theirs, f"MiniLM ({len(theirs.gold)} hops)")):
-        ax.plot(range(1, depth + 1), ranking.recall_curve(depth), marker="o", markersize=3, label=label)
-    ax.set(xlabel="k", ylabel="Recall@k", ylim=(0, 1.02), title="Gold page among the top k, FanOutQA dev hops")
+    for ranking, label in ((ours, f"OneGen [RQ], teacher-forced ({len(ours.gold)} hops)"), (theirs, f"MiniLM ({len(theirs.gold)} hops)")):
+        ax.plot(range(1, depth + 1), ranking.curve(depth), marker="o", markersize=3, label=label)
+    ax.set(xlabel="k", ylabel="Recall@k", ylim=(0, 1.02), title="Gold page among the top k of the whole corpus, FanOutQA dev hops")
     ax.set_xticks(list(ks))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -333,7 +292,6 @@ def plot_recall(ours: Ranking, theirs: Ranking, ks: Sequence[int], path: Path) -
 
 def _log(cfg: PipelineConfig, report: EvaluateReport, ours: Ranking, theirs: Ranking, scratch: Path) -> None:
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.mlflow.tracking_uri)
     now = int(time.time() * 1000)
@@ -345,7 +303,8 @@ def _log(cfg: PipelineConfig, report: EvaluateReport, ours: Ranking, theirs: Ran
     out.mkdir()
     plot_recall(ours, theirs, report.ks, out / "recall_at_k.png")
     record = {"metrics": {k: (v if np.isfinite(v) else None) for k, v in report.metrics.items()}, "ks": report.ks,
-              "plain_lm": report.plain_lm, "minilm_documents": report.minilm_documents, "rank_depth": RANK_DEPTH,
-              "failed_rows": report.failed_rows, "hops": report.hops, "answers": report.answers}
-    (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+              "table": summary_table(report.metrics, report.ks), "plain_lm": report.plain_lm,
+              "minilm_documents": report.minilm_documents, "failed_rows": report.failed_rows, "hops": report.hops,
+              "answers": report.answers}
+    (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
     client.log_artifacts(report.run_id, str(out))

@@ -1,8 +1,10 @@
-"""index (Ray Data actor pool): the corpus → [RD] vectors of the trained model → a FAISS index.
+"""index (Ray Data actor pool): the whole corpus → [RD] vectors of the trained model → a FAISS index.
 
-    corpus.jsonl ─(corpus_limit: the dev hops' gold pages and hard negatives, then a seeded sample)─▶
-      documents with their position ─map_batches(EmbedDocuments actors)─▶ (position, vector)
+    corpus.jsonl ─▶ documents with their position ─map_batches(EmbedDocuments actors)─▶ (position, vector)
       ─in position order─▶ build_from_vectors ─▶ paths.index, logged to the model's MLflow run
+
+Every document of the corpus is indexed: this index is the one evaluated, registered and served,
+so nothing about it may depend on the evaluation's labels.
 
 Each actor loads the model once and embeds whole batches with `OneGenModel.embed_documents`, the
 call the in-process `components.retrieval.index.build_index` makes: the two paths give the same vectors.
@@ -11,7 +13,6 @@ Ray Data returns batches in any order; the `position` column puts every vector b
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from mlflow import MlflowClient
 
 from components.data.corpus import Corpus
 from components.data.schema import Document
-from components.data.screening import ScreenReport, iter_examples, load_corpus
+from components.data.screening import load_corpus
 from components.model.onegen import OneGenModel
 from components.platform import storage, tracking
 from components.retrieval.index import build_from_vectors
@@ -31,16 +32,12 @@ from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
 from pipelines.stages.locations import local_dir, local_file, model_fingerprint
 
-SAMPLE_SEED = 0  # which non-dev documents a corpus_limit keeps: the same ones on every run
-
 
 @dataclass
 class IndexReport:
     location: str
     documents: int  # indexed
     corpus_documents: int  # in the corpus file (after screening)
-    gold_documents: int  # dev gold pages among the indexed (all of them under a corpus_limit)
-    negative_documents: int  # dev hard negatives among the indexed, gold pages aside
     dimension: int
     kind: str
     fingerprint: str
@@ -52,39 +49,9 @@ class IndexReport:
         return self.documents / max(self.seconds, 1e-9)
 
     def summary(self) -> str:
-        return (f"indexed {self.documents} of {self.corpus_documents} documents ({self.gold_documents} dev gold pages, "
-                f"{self.negative_documents} hard negatives), dimension {self.dimension}, {self.kind}, model "
+        return (f"indexed {self.documents} of {self.corpus_documents} documents, dimension {self.dimension}, {self.kind}, model "
                 f"{self.fingerprint}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
                 f"MLflow run {self.run_id}")
-
-
-# -- which documents ----------------------------------------------------------------------------
-
-
-def dev_documents(cfg: PipelineConfig, corpus: Corpus, scratch: str | Path) -> tuple[list[str], list[str]]:
-    """(gold pages, hard negatives) of every dev hop, in first-seen order, each id once."""
-    path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.dev}", cfg.storage.s3_endpoint_url, scratch)
-    gold: dict[str, None] = {}
-    negatives: dict[str, None] = {}
-    for example in iter_examples(path, corpus, ScreenReport(source=str(path))):
-        for hop in range(len(example.positives)):
-            gold.update(dict.fromkeys(example.positives[hop]))
-            negatives.update(dict.fromkeys(example.negatives_for(hop)))
-    return list(gold), [d for d in negatives if d not in gold]
-
-
-def choose_documents(corpus: Corpus, gold: list[str], negatives: list[str], limit: int | None) -> Corpus:
-    """The whole corpus, or `limit` documents: every gold page, hard negatives while they fit,
-    then a seeded sample of the rest. Kept in corpus order, so the choice alone decides the index."""
-    if limit is None or limit >= len(corpus):
-        return corpus
-    if len(gold) > limit:
-        raise StageError(f"index.corpus_limit={limit} is below the {len(gold)} gold pages of the dev hops: "
-                         "recall would count pages that were never indexed; raise it")
-    chosen = set(gold) | set(negatives[: limit - len(gold)])
-    rest = [d for d in corpus.ids if d not in chosen]
-    chosen |= set(random.Random(SAMPLE_SEED).sample(rest, limit - len(chosen)))
-    return Corpus(d for d in corpus if d.id in chosen)
 
 
 # -- embedding ----------------------------------------------------------------------------------
@@ -149,20 +116,15 @@ def build(cfg: PipelineConfig) -> IndexReport:
         corpus, screened = load_corpus(corpus_path)
         if screened.quarantined:  # those documents are left out of the index: say so
             print(f"warning: {screened.summary()}", flush=True)
-        gold, negatives = dev_documents(cfg, corpus, tmp)
-        chosen = choose_documents(corpus, gold, negatives, cfg.index.corpus_limit)
-
         started = time.perf_counter()
-        vectors = embed_corpus(chosen, cfg.paths.model, fingerprint, endpoint, cfg.index.batch_size,
+        vectors = embed_corpus(corpus, cfg.paths.model, fingerprint, endpoint, cfg.index.batch_size,
                                cfg.index.actors, cfg.index.cpus_per_actor)
-        index = build_from_vectors(vectors, chosen, fingerprint, cfg.index.index)
+        index = build_from_vectors(vectors, corpus, fingerprint, cfg.index.index)
         seconds = time.perf_counter() - started
 
         saved = _save(index, cfg.paths.index, endpoint, tmp / "index")
         report = IndexReport(
-            location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus),
-            gold_documents=sum(d in chosen for d in gold), negative_documents=sum(d in chosen for d in negatives),
-            dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
+            location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus), dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
             run_id=run_id,
         )
         _log(cfg, report, saved)
@@ -189,7 +151,6 @@ def _log(cfg: PipelineConfig, report: IndexReport, index_dir: Path) -> None:
                        "index_docs_per_s": report.docs_per_s}.items():
         client.log_metric(report.run_id, key, float(value))
     # Tags, not params: a rebuilt index replaces them (a param may never change).
-    for key, value in {"location": report.location, "fingerprint": report.fingerprint, "kind": report.kind,
-                       "corpus_limit": cfg.index.corpus_limit}.items():
+    for key, value in {"location": report.location, "fingerprint": report.fingerprint, "kind": report.kind}.items():
         client.set_tag(report.run_id, f"onegen.index.{key}", str(value))
     client.log_artifacts(report.run_id, str(index_dir), artifact_path="index")

@@ -13,34 +13,29 @@ train afresh, change `name` or delete the checkpoints.
 
 from __future__ import annotations
 
-import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.cache import cache_dir
+from components.data.screening import encode_examples, load_corpus
+from components.generation.threshold import Calibration, calibrate_model
+from components.model.base import materialize
 from components.platform import storage, tracking
 from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
 from pipelines.stages import checkpoints
+from pipelines.stages.locations import local_file
 from pipelines.stages.train_worker import build_model, train_loop
 
 
 def torch_extensions_dir() -> Path:
     """Where JIT-compiled torch extensions (DeepSpeed ops) are kept: ~/.cache/onegen/torch_extensions.
-    Every worker is pointed at it; infra/setup.sh fills it once (`warm_deepspeed_ops`)."""
+    Every worker is pointed at it (its runtime_env); infra/setup.sh compiles DeepSpeed's CPU comm
+    op into it once, so that no training run's first deepspeed.initialize spends a minute on it."""
     return cache_dir() / "torch_extensions"
-
-
-def warm_deepspeed_ops() -> None:
-    """Compile DeepSpeed's shared-memory comm op into torch_extensions_dir() now, so that no
-    training run's first deepspeed.initialize spends a minute compiling it."""
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(torch_extensions_dir())
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.accelerator import get_accelerator
-
-    get_accelerator().create_op_builder("ShareMemCommBuilder").load()
 
 
 @dataclass
@@ -145,6 +140,10 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
         state = checkpoints.read_state(ckpt, where)
         model = build_model(cfg.train)
         checkpoints.load_weights(ckpt, model, where)
+        if cfg.variant == "onegen" and cfg.data.calibration is not None:
+            calibration = calibrate_threshold(model, cfg, Path(tmp))
+            model.retrieval_threshold = calibration.threshold
+            log_calibration(cfg, state.mlflow_run_id or run_id, calibration)
         out = model.save_pretrained(Path(tmp) / "model")
         fs, path = storage.filesystem(cfg.paths.model, endpoint)
         fs.delete_dir_contents(path, missing_dir_ok=True)  # no file of an older model stays beside it
@@ -154,6 +153,31 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
     return where, state
 
 
+def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path) -> Calibration:
+    """τ of the threshold policy for the trained weights, on a seeded sample of training walks
+    (`data.calibration`, never the evaluation split)."""
+    path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.calibration}", cfg.storage.s3_endpoint_url, scratch)
+    corpus_path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.corpus}", cfg.storage.s3_endpoint_url, scratch)
+    corpus, _ = load_corpus(corpus_path)
+    rows, _ = encode_examples(path, corpus, model.formatter, cfg.train.max_length)
+    rows = [r for r in rows if r.query_positions]
+    if not rows:
+        raise StageError(f"data.calibration {path} has no row that retrieves: the threshold policy cannot be calibrated")
+    sample = random.Random(cfg.train.optim.seed).sample(rows, min(cfg.data.calibration_rows, len(rows)))
+    return calibrate_model(model, sample)
+
+
+def log_calibration(cfg: PipelineConfig, run_id: str, calibration: Calibration) -> None:
+    from mlflow import MlflowClient
+
+    values = {"retrieval_threshold": calibration.threshold, "calibration_f1": calibration.f1,
+              "calibration_precision": calibration.precision, "calibration_recall": calibration.recall,
+              "calibration_argmax_recall": calibration.argmax_recall, "calibration_retrievals": calibration.retrievals}
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    for key, value in values.items():
+        client.log_metric(run_id, key, float(value))
+
+
 def train(cfg: PipelineConfig, *, on_step=None) -> TrainReport:
     """Run the stage. `on_step(step, rank)`, if given, runs in every worker after each step."""
     from mlflow import MlflowClient
@@ -161,6 +185,7 @@ def train(cfg: PipelineConfig, *, on_step=None) -> TrainReport:
     started = time.perf_counter()
     run_id = start_mlflow_run(cfg)
     client = MlflowClient(cfg.mlflow.tracking_uri)
+    materialize(cfg.train.model.source)  # a fresh machine converts SmolLM2 here, once, not in every worker
     try:
         result = make_trainer(cfg, run_id, on_step).fit()
     except Exception as err:

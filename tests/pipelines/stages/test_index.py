@@ -10,7 +10,7 @@ from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import INDEX_FILE, DocumentIndex, build_index
 from pipelines.config import PipelineConfig, load_config
-from pipelines.stages.index import build, choose_documents
+from pipelines.stages.index import build
 from tests.conftest import synthetic_retrieval
 
 # Dev hops: gold pages d0-d3, hard negatives d10, d11 (and d1, itself gold elsewhere).
@@ -84,19 +84,6 @@ def test_stage_index_equals_the_in_process_index_and_logs_into_the_training_run(
     assert "indexed 32 of 32 documents" in report.summary()
 
 
-def test_corpus_limit_keeps_every_gold_page_then_negatives_then_a_seeded_sample():
-    corpus, _ = synthetic_retrieval()
-    gold, negatives = ["d5", "d0", "d3"], ["d10", "d11", "d12"]
-    chosen = choose_documents(corpus, gold, negatives, limit=5)
-    assert chosen.ids == ["d0", "d3", "d5", "d10", "d11"]  # corpus order; the last negative no longer fits
-    sampled = choose_documents(corpus, gold, negatives, limit=10)
-    assert set(gold + negatives) <= set(sampled.ids) and len(sampled) == 10
-    assert choose_documents(corpus, gold, negatives, limit=10).ids == sampled.ids  # seeded
-    assert choose_documents(corpus, gold, negatives, limit=None) is corpus
-    with pytest.raises(Exception, match="below the 3 gold pages"):
-        choose_documents(corpus, gold, negatives, limit=2)
-
-
 @pytest.mark.timeout(120)
 def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
     ray_cluster, mlflow_server, s3_server, saved_model, tmp_path, monkeypatch
@@ -110,8 +97,7 @@ def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)  # the AWS credential chain of the driver, as in a cluster
     bucket = f"s3://{s3_server.bucket}"
-    cfg = stage_config(f"{bucket}/in", f"{bucket}/runs", mlflow_server, "index-s3", s3_endpoint_url=s3_server.endpoint_url,
-                       corpus_limit=8)
+    cfg = stage_config(f"{bucket}/in", f"{bucket}/runs", mlflow_server, "index-s3", s3_endpoint_url=s3_server.endpoint_url)
     storage.copy_dir(str(saved_model.save_pretrained(tmp_path / "model")), cfg.paths.model, s3_server.endpoint_url)
     storage.copy_dir(str(tmp_path / "data"), f"{bucket}/in", s3_server.endpoint_url)
 
@@ -123,8 +109,8 @@ def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
     assert keys == {f"runs/indexes/tiny/{n}" for n in ("index.faiss", "documents.jsonl", "manifest.json")}
     storage.copy_dir(cfg.paths.index, str(tmp_path / "back"), s3_server.endpoint_url)
     loaded = DocumentIndex.load(tmp_path / "back", expected_fingerprint=saved_model.fingerprint())
-    assert loaded.ntotal == report.documents == 8 and report.corpus_documents == 32
-    assert {"d0", "d1", "d2", "d3", "d10", "d11"} <= set(loaded.corpus.ids)  # every gold page and hard negative
+    assert loaded.ntotal == report.documents == report.corpus_documents == 32  # the whole corpus, always
+    assert loaded.corpus.ids == corpus.ids
     expected = build_index(saved_model, Corpus(loaded.corpus), batch_size=cfg.index.batch_size)
     np.testing.assert_allclose(stored_vectors(tmp_path / "back"), stored_vectors_of(expected, tmp_path), atol=1e-5)
 
