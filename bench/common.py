@@ -1,6 +1,6 @@
-"""What every benchmark shares: the device string, interleaved timing with medians, a forced
-retrieval schedule for a model that does not emit [RQ] by itself, one JSON file per measurement,
-and the RESULTS.md table rendered from all of them.
+"""What every benchmark shares: the device string, interleaved timing with medians, the command
+line a result records, one JSON file per measurement, and the RESULTS.md table rendered from all
+of them. (The forced retrieval schedule and ReplayIndex are test doubles: components/testing.py.)
 
 Rules: a result is a RATIO against a baseline timed in the same process or the same run (the
 machines are noisy); repetitions are interleaved (A, B, A, B, ...) and medians are taken.
@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,11 @@ def rounded(x: Any, digits: int = 4) -> Any:
 # -- results -----------------------------------------------------------------------------------
 
 
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a run: `python -m <module>` and the arguments it was given."""
+    return " ".join([f"python -m {module}", *argv])
+
+
 def write_result(out_dir: str | Path, result: dict) -> Path:
     """bench/results/<id>.json; the required fields must be there (ratio may be None only for a
     reference row), a ratio must be a positive finite number."""
@@ -348,7 +353,7 @@ def render_results_md(results: list[dict]) -> str:
         "# Benchmark results",
         "",
         "Regenerated from every JSON file in `bench/results/` by `python -m bench.report` (and by "
-        "`onegen bench in-stream`); do not edit by hand. A ratio is always against a baseline timed in "
+        "every benchmark after it writes its results); do not edit by hand. A ratio is always against a baseline timed in "
         "the same process or the same run, repetitions interleaved (A, B, A, B, …), medians taken; the raw "
         "numbers are in each JSON file. The machines are shared: every timed call also records its CPU time "
         "and how many cores other processes kept busy meanwhile; rounds go on until enough are *quiet* "

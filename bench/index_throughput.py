@@ -23,7 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
+from bench.common import (
+    RESULTS_DIR,
+    command_line,
+    device_string,
+    interleave,
+    load_average,
+    median,
+    timed,
+    write_result,
+    write_results_md,
+)
 from components.data.corpus import Corpus
 from components.model.base import load_base
 from components.model.onegen import OneGenModel
@@ -48,7 +58,7 @@ def first_documents(data_dir: Path, n: int) -> Corpus:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.index_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
     os.environ.update(RAY_ENV)
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_string(),
         "model": args.model if Path(args.model).is_dir() else "SmolLM2-135M-Instruct (fp32, OneGen tokens, max_document_tokens "
                  f"{model.formatter.format.max_document_tokens})",
-        "command": " ".join(["python -m bench.index_throughput", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("bench.index_throughput", argv),
         "documents": len(corpus),
         "batch_size": args.batch_size,
         "actors": args.actors,
@@ -114,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                  "`runs.ratio.ratio_cpu_time` is meaningless here (the driver's CPU time leaves out the actors').",
     }
     path = write_result(args.out, result)
+    write_results_md(args.out)
     print(f"P8 ratio {ratio:.3f} (goal >= {GOAL}): in-process {len(corpus) / in_process:.1f} docs/s, "
           f"Ray Data {len(corpus) / ray_data:.1f} docs/s; steady state {steady:.3f}; -> {path}")
     return 0

@@ -2,7 +2,7 @@
 FanOutQA dev leaf sub-question among the 10,033 vital articles (embedded as "title: description").
 A reference number for OneGen's in-stream retrieval to beat, not a ratio.
 
-    .venv/bin/python bench/minilm_baseline.py [--cache data] [--out bench/results/minilm_baseline.json]
+    python -m bench.minilm_baseline [--cache data] [--out bench/results]
 
 `--cache` reuses the corpus matrix `onegen data build` left there (only if it embeds this very
 corpus). Ranks are over the whole corpus; ties count against the gold page.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import RESULTS_DIR, command_line, write_result, write_results_md
 from components.datasets.build import split_of
 from components.datasets.fanoutqa import gold_title, in_corpus_leaves, read_dev
 from components.datasets.negatives import embed_articles
@@ -43,12 +44,13 @@ def metrics(ranks: np.ndarray) -> dict:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.minilm_baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=None, help="directory with (or for) minilm_corpus.npy")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "minilm_baseline.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for minilm_baseline.json (RESULTS.md goes beside it)")
     parser.add_argument("--dev-fraction", type=float, default=0.5, help="as `onegen data build`, for the dev-only numbers")
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
 
     start = time.perf_counter()
     articles = vital_articles(read_summaries())
@@ -65,17 +67,20 @@ def main() -> int:
 
     result = {
         "id": "minilm_baseline",
+        "ratio": None,  # a reference row: recalls, not a ratio
+        "goal": None,
+        "met": None,
         "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "model": MODEL_NAME,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line("bench.minilm_baseline", argv),
         "documents": len(articles.documents),
         "document_text": "title: description",
         **metrics(ranks),
         "dev_split": {"dev_fraction": args.dev_fraction, **metrics(ranks[dev])},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
+    write_results_md(args.out)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -13,7 +13,7 @@ from bench.common import RESULTS_DIR, write_results_md
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory of <id>.json files")
     parser.add_argument("--out", type=Path, default=None, help="RESULTS.md to write (default: beside the results directory)")
     args = parser.parse_args(argv)

@@ -21,9 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import device_string, interleave, timed, write_result, write_results_md
+from bench.common import REPO, RESULTS_DIR, command_line, device_string, interleave, timed, write_result, write_results_md
 
-REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Who were the first 5 picks in the 1998 MLB Draft?"
 
 
@@ -129,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=24, help="max_tokens of the request")
     parser.add_argument("--seconds", type=float, default=45, help="per concurrency level")
     parser.add_argument("--reps", type=int, default=7, help="interleaved rounds for P9")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     model_dir, index_dir = (args.model, args.index) if args.model else default_model()
     if not (model_dir / "onegen.json").is_file():
         print(f"no model at {model_dir}: run `onegen main` first, or pass --model and --index", file=sys.stderr)
         return 2
-    command = "python -m bench.serve_latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.serve_latency", argv)
 
     import httpx
     import torch

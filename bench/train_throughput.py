@@ -35,7 +35,17 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS_DIR, device_string, interleave, load_average, median, timed, write_result
+from bench.common import (
+    RESULTS_DIR,
+    command_line,
+    device_string,
+    interleave,
+    load_average,
+    median,
+    timed,
+    write_result,
+    write_results_md,
+)
 from components.config import LossConfig
 from components.data.collate import Batch, Collator, padded_length
 from components.data.corpus import Corpus
@@ -128,7 +138,7 @@ def measure(name: str, variants: dict, num: str, den: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1, help="training steps per timed call")
     parser.add_argument("--batches", type=int, default=4, help="distinct batches, cycled through call by call")
@@ -139,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--only", choices=sorted(GOALS), default=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    command = "python -m bench.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.train_throughput", argv)
 
     cfg = load_config(PRESET).train
     torch.manual_seed(0)
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         path = write_result(args.out, r)
         print(f"{r['id']}: ratio {r['ratio']:.3f} (goal ≥ {goal}, {'met' if r['met'] else 'NOT met'}); "
               f"tokens/s {', '.join(f'{k} {v:.0f}' for k, v in r['tokens_per_s'].items())} → {path}")
+    write_results_md(args.out)
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The in-stream benchmark harness end to end on the tiny model (`--quick`): it must run and write
-well-formed results. Goals are measured, never asserted here."""
+"""The in-stream benchmarks end to end on the tiny model (`python -m bench.in_stream --quick`, in
+this process): they must run and write well-formed results. Goals are measured, never asserted here."""
 
 import json
 import math
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import REQUIRED, render_results_md
+from bench.common import REPO, REQUIRED, render_results_md
+from bench.in_stream import main
 from components.testing import head_calls
-from pipelines.checkout import REPO
-from pipelines.cli.main import main
 
 IDS = ["p1_in_stream_overhead", "p2_vs_pipeline_same_size", "p3_vs_pipeline_minilm", "p4_decode_vs_hf_generate",
        "p5_batch_8_vs_1", "gritlm_caching"]
@@ -38,7 +37,7 @@ def test_the_quick_run_writes_every_result_and_the_table(tmp_path):
     if not (data / "corpus.jsonl").is_file() or not (data / "dev.jsonl").is_file():
         data = small_data(tmp_path / "data")
     out = tmp_path / "results"
-    assert main(["bench", "in-stream", "--quick", "--model", "tiny", "--out", str(out), "--data", str(data)]) == 0
+    assert main(["--quick", "--model", "tiny", "--out", str(out), "--data", str(data)]) == 0
 
     results = {}
     for id_ in IDS:
@@ -49,7 +48,7 @@ def test_the_quick_run_writes_every_result_and_the_table(tmp_path):
             assert key in result, f"{id_} lacks {key}"
         ratio = result["ratio"]
         assert isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0
-        assert result["device"] and result["model"] and result["command"].startswith("onegen bench in-stream")
+        assert result["device"] and result["model"] and result["command"].startswith("python -m bench.in_stream --quick")
         assert isinstance(result["met"], bool) or (result["goal"] is None and result["met"] is None)
     assert results["p4_decode_vs_hf_generate"]["tokens_identical"] is True
     # raw numbers are kept, not only the ratio
@@ -70,7 +69,7 @@ def test_the_quick_run_writes_every_result_and_the_table(tmp_path):
 
 
 def test_the_table_shows_a_reference_row_with_its_recalls():
-    row = {"id": "minilm_baseline", "device": "cpu", "model": "MiniLM", "command": "python bench/minilm_baseline.py",
+    row = {"id": "minilm_baseline", "device": "cpu", "model": "MiniLM", "command": "python -m bench.minilm_baseline",
            "recall@1": 0.7222, "recall@5": 0.9068, "recall@10": 0.9462}
     table = render_results_md([row])
     assert "`minilm_baseline`" in table and "R@1 0.722" in table and "R@10 0.946" in table
