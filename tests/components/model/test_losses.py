@@ -82,7 +82,7 @@ def test_gradients_reach_the_ret_positions_and_the_new_token_rows(tiny_model, sm
 def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     import torch.distributed as dist
 
-    from components.model.losses import all_gather
+    from components.model.gather import all_gather
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -96,7 +96,8 @@ def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     batch = scoring_batch(list(range(d0, d0 + sizes[rank][1])), positive=[0, 1], positive_keys=[[d0], [d0 + 1]])
     loss = retrieval_loss(q, d, batch, LossConfig(temperature=0.2), gather=all_gather)
     loss.backward()
-    expected = F.cross_entropy((q @ d_all.T) / 0.2, torch.tensor([d0, d0 + 1]))
+    # Every worker computes the loss of the global batch: both workers' queries against all documents.
+    expected = F.cross_entropy((q_all @ d_all.T) / 0.2, torch.tensor([0, 1, 3, 4]))
     torch.save({"loss": loss.detach(), "expected": expected, "grad_nonzero": bool(d.grad.abs().sum() > 0)}, f"{result_file}.{rank}")
     dist.destroy_process_group()
 
@@ -108,5 +109,5 @@ def test_cross_worker_negatives_through_all_gather(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"result.{rank}")
-        torch.testing.assert_close(result["loss"], result["expected"])  # scored against all 5 documents
+        torch.testing.assert_close(result["loss"], result["expected"])  # all 4 queries against all 5 documents
         assert result["grad_nonzero"]
