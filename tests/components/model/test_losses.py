@@ -64,6 +64,24 @@ def test_without_in_batch_negatives_only_hard_negatives_count():
     torch.testing.assert_close(loss, -F.logsigmoid(torch.tensor(1.0 - 0.6)))
 
 
+def test_the_papers_bpr_pairs_each_query_with_its_own_hard_negatives_only():
+    """OneGen's `bpr_loss`: the mean over (query, own hard negative) pairs of -log σ(s⁺ − s⁻), cosine
+    scores, no temperature; the other queries' documents are not negatives."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])
+    # query 0: positive doc 0 (score 1), hard negatives docs 2, 3 (scores 0.6, 0.8)
+    # query 1: positive doc 1 (score 1), hard negatives docs 3, 4 (scores 0.6, 0.0)
+    batch = scoring_batch([10, 11, 12, 13, 14], positive=[0, 1], positive_keys=[[10], [11]], hard_negatives=[[2, 3], [3, 4]])
+    paper = LossConfig(kind="bpr", in_batch_negatives=False)
+    softplus = lambda x: math.log(1 + math.exp(-x))  # -log σ(x)  # noqa: E731
+    by_hand = (softplus(1 - 0.6) + softplus(1 - 0.8) + softplus(1 - 0.6) + softplus(1 - 0.0)) / 4
+    assert retrieval_loss(q, d, batch, paper).item() == pytest.approx(by_hand, abs=1e-6)
+    # with in-batch negatives, query 0 also meets docs 1 and 4, query 1 docs 0 and 2
+    in_batch = (softplus(1 - 0.6) + softplus(1 - 0.8) + softplus(1 - 0.0) + softplus(1 + 1.0)
+                + softplus(1 - 0.6) + softplus(1 - 0.0) + softplus(1 - 0.0) + softplus(1 - 0.8)) / 8
+    assert retrieval_loss(q, d, batch, LossConfig(kind="bpr")).item() == pytest.approx(in_batch, abs=1e-6)
+
+
 def test_joint_loss_weights():
     assert joint_loss(torch.tensor(2.0), torch.tensor(3.0), LossConfig(lambda_gen=0.5, lambda_ret=2.0)).item() == 7.0
 
