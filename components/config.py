@@ -22,12 +22,28 @@ class FormatConfig(FrozenConfig):
 
 
 class LossConfig(FrozenConfig):
+    """The joint loss (`components.model.losses`). Which documents a query is scored against:
+
+    in_batch_negatives=True   every document of the batch (and, with cross_worker_negatives, of
+                              every worker's batch) that is not one of its acceptable positives.
+    in_batch_negatives=False  its own hard negatives only. With kind="bpr" this is the OneGen
+                              paper's loss, as its code computes it (zjunlp/OneGen, util/loss.py
+                              `bpr_loss`): the mean of -log σ(s(q, d⁺) − s(q, d⁻)) over every pair of
+                              a query and one of its own hard negatives, cosine scores, no
+                              temperature or margin. OneGen gives every query the same number of
+                              negatives (6, topped up at random); here each query has those its
+                              example lists, so one with more weighs more, and one with none
+                              adds nothing.
+    """
+
     kind: Literal["infonce", "bpr"] = "infonce"
     temperature: float = Field(0.05, gt=0)  # InfoNCE only
     lambda_gen: float = Field(1.0, ge=0)
     lambda_ret: float = Field(1.0, ge=0)
-    in_batch_negatives: bool = True  # else only each query's own hard negatives
-    cross_worker_negatives: bool = True  # documents of the other data-parallel workers too
+    in_batch_negatives: bool = True  # False: only each query's own hard negatives (the paper's BPR)
+    # The loss of the global batch: every worker's queries against every worker's documents (with
+    # in_batch_negatives=False that adds no negative, but still averages over the global batch).
+    cross_worker_negatives: bool = True
 
 
 class LoraConfig(FrozenConfig):

@@ -124,10 +124,12 @@ def small_corpus() -> Corpus:
     )
 
 
-def make_example(content: str, positives, negatives=(), example_id: str = "ex1", prompt: str = "Where was Ada born?") -> Example:
+def make_example(content: str, positives, negatives=(), example_id: str = "ex1", prompt: str = "Where was Ada born?",
+                 redact=()) -> Example:
     return Example(
         id=example_id,
         messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": content}],
         positives=[list(p) for p in positives],
         negatives=[list(n) for n in negatives],
+        redact=list(redact),
     )

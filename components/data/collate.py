@@ -1,5 +1,6 @@
 """Collation with dynamic padding: a batch is as long as its longest row, rounded up to a multiple
-of 8, never `max_length`. Documents shared by several rows are embedded once per batch.
+of 8, never `max_length`. Documents shared by several rows are embedded once per batch (a copy
+that a row redacts is a document row of its own).
 
 Every document carries a 63-bit key hashed from its id, so that after an all-gather across
 workers a query can still tell which of the other workers' documents are its own positives.
@@ -78,16 +79,19 @@ class Collator:
 
     def __call__(self, rows: Sequence[EncodedExample | Mapping]) -> Batch:
         rows = [r.to_row() if isinstance(r, EncodedExample) else r for r in rows]
-        docs: dict[str, int] = {}  # doc id → index in the batch
+        # (doc id, tokens) → index in the batch: a row's redacted copy of a document (`Example.redact`)
+        # is a document row of its own, with the same key as the whole document.
+        docs: dict[tuple[str, tuple[int, ...]], int] = {}
         doc_tokens: list[list[int]] = []
         query_rows, query_cols, positive, positive_keys, hard_negatives = [], [], [], [], []
         for b, row in enumerate(rows):
             local = []
             for doc_id, tokens in zip(row["doc_ids"], row["doc_input_ids"]):
-                if doc_id not in docs:
-                    docs[doc_id] = len(doc_tokens)
+                seen = (doc_id, tuple(tokens))
+                if seen not in docs:
+                    docs[seen] = len(doc_tokens)
                     doc_tokens.append(list(tokens))
-                local.append(docs[doc_id])
+                local.append(docs[seen])
             for pos, pos_docs, neg_docs in zip(row["query_positions"], row["positives"], row["negatives"]):
                 query_rows.append(b)
                 query_cols.append(pos)
@@ -107,7 +111,7 @@ class Collator:
             doc_input_ids=doc_input_ids,
             doc_attention_mask=(_pad([[1] * n for n in lengths], 0, self.multiple) if lengths else doc_input_ids.clone()),
             doc_last=torch.tensor([n - 1 for n in lengths], dtype=torch.long),
-            doc_keys=torch.tensor([document_key(d) for d in docs], dtype=torch.long),
+            doc_keys=torch.tensor([document_key(doc_id) for doc_id, _ in docs], dtype=torch.long),
             positive=torch.tensor(positive, dtype=torch.long),
             positive_keys=_ragged(positive_keys, PAD_KEY),
             hard_negatives=_ragged(hard_negatives, -1),

@@ -10,6 +10,14 @@ the passage inserted after it in training) and `negatives[i]` optional hard nega
      "positives": [["Ada Lovelace"]],
      "negatives": [["Lord Byron"]]}
 
+`redact` (optional, one entry per `[RQ]`, or none at all) names a text to cut out of that hop's
+first positive wherever the row uses it: the passage inserted after `[RQ]` and the document row
+embedded for the contrastive loss (inverse cloze cuts the query sentence out of its article, so
+that the model cannot match by copying). The corpus itself, and so the index, is never changed:
+
+    {"id": "ict-London", "messages": [..., {"role": "assistant", "content": "[RQ] London."}],
+     "positives": [["London"]], "redact": ["It stands on the River Thames."]}
+
 A document is `{"id", "title", "text"}`. Models here check one row alone; checks that need the
 corpus or other rows (unknown ids, duplicates) live in `validation.py`.
 """
@@ -70,6 +78,7 @@ class Example(BaseModel):
     messages: list[Message] = Field(min_length=1)
     positives: list[list[Text]]
     negatives: list[list[Text]] = Field(default_factory=list)
+    redact: list[Text | None] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _retrieval_tokens_match_documents(self) -> Example:
@@ -92,6 +101,11 @@ class Example(BaseModel):
                 "rq_count_mismatch", "negatives",
                 f"{len(self.negatives)} lists for {n_queries} {QUERY} (give one per {QUERY}, or none)",
             )
+        if self.redact and len(self.redact) != n_queries:
+            raise _problem(
+                "rq_count_mismatch", "redact",
+                f"{len(self.redact)} entries for {n_queries} {QUERY} (give one per {QUERY}, null for none, or none at all)",
+            )
         for i, (pos, neg) in enumerate(zip(self.positives, self.negatives)):
             if set(pos) & set(neg):
                 raise _problem("invalid_value", f"negatives[{i}]", f"{sorted(set(pos) & set(neg))} also listed as positive")
@@ -107,3 +121,6 @@ class Example(BaseModel):
 
     def negatives_for(self, hop: int) -> list[str]:
         return self.negatives[hop] if self.negatives else []
+
+    def redaction_for(self, hop: int) -> str | None:
+        return self.redact[hop] if self.redact else None

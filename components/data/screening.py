@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from components.data.corpus import Corpus
+from components.data.redaction import redacted
 from components.data.schema import Document, Example
 
 if TYPE_CHECKING:  # tokenisation needs a tokenizer; screening alone does not
@@ -120,6 +121,20 @@ def check_references(example: Example, row: int, corpus_ids: Container[str]) -> 
                     raise RowError(row, f"{name}[{i}][{j}]", "unknown_document", f"no document with id {doc_id!r} in the corpus")
 
 
+def redacted_positive(example: Example, hop: int, corpus: Corpus, row: int) -> Document:
+    """The hop's first positive as the row uses it (inserted, embedded): `redact[hop]` cut out."""
+    try:
+        return redacted(corpus[example.positives[hop][0]], example.redaction_for(hop))
+    except ValueError as err:
+        raise RowError(row, f"redact[{hop}]", "invalid_value", str(err)) from None
+
+
+def check_redactions(example: Example, row: int, corpus: Corpus) -> None:
+    """Every redaction occurs in its hop's first positive (and leaves some text)."""
+    for hop in range(len(example.positives)):
+        redacted_positive(example, hop, corpus, row)
+
+
 @dataclass
 class ScreenReport:
     """Counts of a screening pass. `read == kept + quarantined` holds by construction."""
@@ -208,13 +223,15 @@ def load_corpus(path: str | Path, quarantine: Path | None = None) -> tuple[Corpu
 
 
 def example_check(corpus: Corpus):
-    """A row check: the example parses, its id is new, and it names only documents in `corpus`."""
+    """A row check: the example parses, its id is new, it names only documents in `corpus`, and what
+    it redacts is in them."""
     unique = UniqueIds()
 
     def check(raw: bytes | dict, row: int) -> Example:
         example = parse_example(raw, row)
         unique(example.id, row)
         check_references(example, row, corpus)
+        check_redactions(example, row, corpus)
         return example
 
     return check

@@ -21,7 +21,7 @@ from components import tokens as st
 from components.config import FormatConfig
 from components.data.corpus import Corpus
 from components.data.schema import Document, Example, Message
-from components.data.screening import RowError
+from components.data.screening import RowError, redacted_positive
 from components.tokens import Role
 
 IGNORE = -100  # label of a position with no LM target (the convention of torch and HF)
@@ -36,8 +36,8 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     query_positions: list[int]  # positions whose input is [RQ]
-    doc_ids: list[str]  # unique documents this row refers to
-    doc_input_ids: list[list[int]]  # each ends with [RD]
+    doc_ids: list[str]  # documents this row refers to; an id twice only if one hop redacts it
+    doc_input_ids: list[list[int]]  # each ends with [RD]; a redacted document's without the cut text
     positives: list[list[int]]  # per query: indices into doc_ids; the first was inserted
     negatives: list[list[int]]  # per query: hard negatives, indices into doc_ids
     truncated_tokens: int = 0  # answer tokens after the last retrieval that max_length cut
@@ -111,11 +111,16 @@ class Formatter:
         seq = _Pieces()
         seq.add(self.prompt(prompt) + self.text(lead), Role.CTX)
 
-        doc_ids: list[str] = []
+        # A document row is identified by (id, what is cut from it): a hop's redacted positive is a row
+        # of its own, distinct from the whole document that another hop may use.
+        docs: dict[tuple[str, str | None], Document] = {}
+        inserted, positives, negatives = [], [], []
         for hop in range(len(example.positives)):
-            for doc_id in (*example.positives[hop], *example.negatives_for(hop)):
-                if doc_id not in doc_ids:
-                    doc_ids.append(doc_id)
+            first, *others = example.positives[hop]
+            inserted.append(redacted_positive(example, hop, corpus, row))
+            positives.append([_index(docs, (first, example.redaction_for(hop)), inserted[-1])]
+                             + [_index(docs, (d, None), corpus[d]) for d in others])
+            negatives.append([_index(docs, (d, None), corpus[d]) for d in example.negatives_for(hop)])
 
         query_positions, hop_ends = [], []
         segments = example.answer.split(st.QUERY)
@@ -125,7 +130,7 @@ class Formatter:
                 break
             query_positions.append(len(seq.ids))
             seq.add([self.query_id], Role.GEN | Role.RET)
-            seq.add(self.passage(corpus[example.positives[hop][0]]), Role.CTX)
+            seq.add(self.passage(inserted[hop]), Role.CTX)
             hop_ends.append(len(seq.ids))
         seq.add(*self._end_of_turn(tail))
 
@@ -146,10 +151,10 @@ class Formatter:
             input_ids=seq.ids,
             labels=[t if r & Role.GEN else IGNORE for t, r in zip(seq.ids, seq.roles)],
             query_positions=query_positions,
-            doc_ids=doc_ids,
-            doc_input_ids=[self.document(corpus[d]) for d in doc_ids],
-            positives=[[doc_ids.index(d) for d in ids] for ids in example.positives],
-            negatives=[[doc_ids.index(d) for d in example.negatives_for(h)] for h in range(len(example.positives))],
+            doc_ids=[doc_id for doc_id, _ in docs],
+            doc_input_ids=[self.document(doc) for doc in docs.values()],
+            positives=positives,
+            negatives=negatives,
             truncated_tokens=truncated,
         )
 
@@ -159,6 +164,12 @@ class Formatter:
         ids = self.text(tail)
         stop = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
         return ids[:stop], Role.GEN  # the rest is never generated: it is dropped, not trained
+
+
+def _index(docs: dict, key, doc: Document) -> int:
+    """Position of `key` in `docs` (insertion order), added with `doc` if new."""
+    docs.setdefault(key, doc)
+    return list(docs).index(key)
 
 
 def _as_dict(message: Message | dict) -> dict:

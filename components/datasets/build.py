@@ -27,7 +27,7 @@ from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
 from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
-from components.datasets.inverse_cloze import ict_examples
+from components.datasets.inverse_cloze import REDACT_RATE, ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
 
 QUARANTINE = "quarantine.jsonl"
@@ -41,6 +41,7 @@ class BuildConfig(BaseModel):
     negatives: NonNegativeInt = 3  # MiniLM hard negatives per FanOutQA hop (0: no MiniLM at all)
     ict_limit: NonNegativeInt | None = None  # ICT examples; None: one per article
     seed: int = 0  # ICT sentence, negative and sample choice; the FanOutQA split does not depend on it
+    ict_redact_rate: float = Field(REDACT_RATE, ge=0, le=1)  # of ICT rows whose sentence is cut from the article
 
 
 @dataclass
@@ -117,12 +118,14 @@ def build_datasets(
     negatives: int = 3,
     ict_limit: int | None = None,
     seed: int = 0,
+    ict_redact_rate: float = REDACT_RATE,
     *,
     summaries: dict[str, dict] | None = None,  # the vital articles; default: the installed package
     questions: list[dict] | None = None,  # FanOutQA questions; default: the installed dev file
     miner: NegativeMiner | None = None,  # default: MiniLM top-`negatives` (tests inject their own)
 ) -> BuildReport:
-    config = BuildConfig(dev_fraction=dev_fraction, negatives=negatives, ict_limit=ict_limit, seed=seed)
+    config = BuildConfig(dev_fraction=dev_fraction, negatives=negatives, ict_limit=ict_limit, seed=seed,
+                         ict_redact_rate=ict_redact_rate)
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def build_datasets(
     questions = questions if questions is not None else read_dev()
     rows = {
         "fanoutqa": fanoutqa_examples(questions, corpus, miner),
-        "ict": ict_examples(articles, config.ict_limit, config.seed),
+        "ict": ict_examples(articles, config.ict_limit, config.seed, config.ict_redact_rate),
     }
     described = {
         "fanoutqa": f"fanoutqa dev, the {len(rows['fanoutqa'])} of {len(questions)} questions with a leaf in the corpus",

@@ -8,18 +8,25 @@ just the few hundred pages FanOutQA asks about.
 
 The query is formatted as `Formatter.query` formats a standalone one: the assistant's first token is
 [RQ]. The negative is another article of the same topic: related enough to be hard.
+
+Left in the article, the sentence would let the model find it by copying; as Lee et al. do, most
+rows (`REDACT_RATE`) cut it out of the article wherever the row uses it (`Example.redact`: the
+passage inserted after [RQ], the document row embedded for the loss). The rest keep it, so that
+the model also learns that a passage may contain the question's own words, as real ones do.
 """
 
 from __future__ import annotations
 
 import random
 
+from components.data.redaction import cut
 from components.data.schema import Document
 from components.datasets.text import full_stop, sentences
 from components.datasets.vital_articles import VitalArticles
 from components.tokens import QUERY
 
 MIN_WORDS = 6  # shorter sentences ("He died in 1900.") rarely say which article they come from
+REDACT_RATE = 0.9  # of rows whose query sentence is cut out of the article (Lee et al., 2019: 90 %)
 
 
 def query_sentence(doc: Document, rng: random.Random) -> str:
@@ -45,7 +52,20 @@ def other_article(group: list[str], doc_id: str, rng: random.Random) -> str | No
     return pick
 
 
-def ict_examples(articles: VitalArticles, limit: int | None = None, seed: int = 0) -> list[dict]:
+def redaction(doc: Document, query: str, rng: random.Random, rate: float) -> list[str]:
+    """`redact` of the row: the query sentence for a `rate` share of rows. An article that is only
+    that sentence keeps it: cut, nothing would be left to retrieve."""
+    if rng.random() >= rate:
+        return []
+    try:
+        cut(doc.text, query)
+    except ValueError:
+        return []
+    return [query]
+
+
+def ict_examples(articles: VitalArticles, limit: int | None = None, seed: int = 0,
+                 redact_rate: float = REDACT_RATE) -> list[dict]:
     """Example rows for `limit` articles (all by default; a seeded sample otherwise), in corpus order."""
     docs = articles.documents
     if limit is not None and limit < len(docs):
@@ -60,11 +80,13 @@ def ict_examples(articles: VitalArticles, limit: int | None = None, seed: int = 
         rng = _rng(seed, doc.id)
         query = query_sentence(doc, rng)
         negative = other_article(by_topic[articles.topics.get(doc.id, "")], doc.id, rng)
+        redact = redaction(doc, query, rng, redact_rate)  # drawn last: the choices above stay as they were
         rows.append({
             "id": f"ict-{doc.id}",
             "messages": [{"role": "user", "content": query},
                          {"role": "assistant", "content": f"{QUERY} {full_stop(doc.title or doc.id)}"}],
             "positives": [[doc.id]],
             "negatives": [[negative]] if negative else [],
+            "redact": redact,
         })
     return rows

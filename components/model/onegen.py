@@ -195,21 +195,30 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _with_lora(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: LoraConfig) -> nn.Module:
-    """LoRA on the chosen projections; the special-token rows of the embedding train in full."""
+    """LoRA on the chosen projections; the special-token rows of the embedding train in full, and so
+    do those of the LM head (the rows that make the model emit [RQ]): peft ties a tied head's rows
+    to the embedding's, an untied head (Llama-2) needs its own."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    embedding = lm.get_input_embeddings()
-    embedding_name = next(name for name, module in lm.named_modules() if module is embedding)
+    special = sorted(st.token_ids(tokenizer).values())
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
-        trainable_token_indices={embedding_name.rsplit(".", 1)[-1]: sorted(st.token_ids(tokenizer).values())},
+        trainable_token_indices={name: special for name in _token_row_modules(lm)},
         task_type="CAUSAL_LM",
     )
     return get_peft_model(lm, peft_cfg)
+
+
+def _token_row_modules(lm: PreTrainedModel) -> list[str]:
+    """Names (as peft matches them) of the modules with a row per token: the input embedding, and the
+    LM head unless it shares the embedding's weight."""
+    embedding, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    modules = [embedding] if head is None or head.weight is embedding.weight else [embedding, head]
+    return [next(name for name, m in lm.named_modules() if m is module).rsplit(".", 1)[-1] for module in modules]
 
 
 def _fingerprint(model: PreTrainedModel, formatter: Formatter) -> str:

@@ -15,7 +15,8 @@ import torch
 
 from components.config import LossConfig
 from components.data.collate import Batch
-from components.model.losses import Gather, joint_loss, local_gather, retrieval_loss
+from components.model.gather import Gather, local_gather
+from components.model.losses import contrastive_loss, for_averaged_gradients, gathered, joint_loss
 
 
 @runtime_checkable
@@ -72,6 +73,8 @@ class StepMetrics:
     queries: int
     tokens: int  # real tokens processed (generation + document rows)
     seconds: float
+    documents: int  # this worker's document rows
+    documents_scored: int  # every worker's: what each query was scored against (cross-worker negatives)
 
     @property
     def tokens_per_s(self) -> float:
@@ -121,9 +124,10 @@ def train(
         if device is not None:
             batch = batch.to(device)
         out = model(batch)
-        ret_loss = retrieval_loss(out.query_vectors, out.doc_vectors, batch, loss_cfg, gather)
+        scored = gathered(out.query_vectors, out.doc_vectors, batch, loss_cfg, gather)  # a collective
+        ret_loss = contrastive_loss(scored, loss_cfg)  # the global batch's mean: logged as it is
         loss = joint_loss(out.lm_loss, ret_loss, loss_cfg)
-        update(loss)
+        update(joint_loss(out.lm_loss, for_averaged_gradients(ret_loss, scored.workers), loss_cfg))
         metrics = StepMetrics(
             step=step,
             loss=loss.item(),
@@ -133,6 +137,8 @@ def train(
             queries=int(batch.query_rows.numel()),
             tokens=batch.num_tokens,
             seconds=time.perf_counter() - started,
+            documents=int(out.doc_vectors.shape[0]),
+            documents_scored=int(scored.documents.shape[0]),
         )
         result.steps.append(metrics)
         if on_step is not None:

@@ -1,7 +1,7 @@
 """The function every Ray Train worker runs: `components.model.train_loop.train` with a DeepSpeed engine.
 
     shard of paths.prepared/train ─iter_batches─▶ Collator ─▶ engine (ZeRO 1/2/3) ─▶ joint loss
-        with the other workers' documents as negatives (all_gather) ─▶ MLflow (rank 0)
+        over the global batch (all_gather of every worker's queries and documents) ─▶ MLflow (rank 0)
         ─every checkpoint_every steps and at the end─▶ ray.train.report(checkpoint)
 
 It lives in the package, not in the driver's module, so that workers can import it. Resuming is
@@ -24,13 +24,15 @@ import torch.distributed as dist
 from components.config import TrainConfig
 from components.data.collate import Batch, Collator
 from components.model.base import load_base
-from components.model.losses import all_gather
+from components.model.gather import all_gather
 from components.model.onegen import OneGenModel
 from components.model.train_loop import DeepSpeedUpdate, StepMetrics, train
 from pipelines.config import PipelineConfig
 from pipelines.stages import checkpoints
 
-STEP_METRICS = ("loss", "lm_loss", "ret_loss", "lr")  # logged as they are; tokens/s is the world's
+# Logged as they are (ret_loss is already the global batch's); tokens/s is the world's. `documents` is
+# this worker's, `documents_scored` every worker's: what each query was scored against.
+STEP_METRICS = ("loss", "lm_loss", "ret_loss", "lr", "documents", "documents_scored")
 
 
 def build_model(cfg: TrainConfig) -> OneGenModel:
@@ -115,20 +117,6 @@ def world_tokens_per_s(m: StepMetrics, device) -> float:
     dist.all_reduce(tokens, op=dist.ReduceOp.SUM)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     return float(tokens) / max(float(seconds), 1e-9)
-
-
-def counting(gather):
-    """`gather` that also counts the documents of the last step: this worker's, and all that its
-    queries were scored against (theirs plus the other workers': the cross-worker negatives)."""
-    counts = {"documents": 0, "documents_scored": 0}
-
-    def gather_and_count(local: torch.Tensor):
-        out, offset = gather(local)
-        if local.dim() == 2:  # the document vectors; the other call gathers their keys
-            counts.update(documents=local.shape[0], documents_scored=out.shape[0])
-        return out, offset
-
-    return gather_and_count, counts
 
 
 def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[int, dict], None]:
@@ -217,12 +205,10 @@ def train_loop(config: dict) -> dict:
             ray.train.report({"step": m.step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{m.step:06d}")
 
-    gather, documents = counting(all_gather)
     progress = Progress(start, optim.max_steps) if rank == 0 else None
 
     def after_step(m: StepMetrics) -> None:
-        values = {**{k: getattr(m, k) for k in STEP_METRICS}, "tokens_per_s": world_tokens_per_s(m, engine.device),
-                  **documents}
+        values = {**{k: getattr(m, k) for k in STEP_METRICS}, "tokens_per_s": world_tokens_per_s(m, engine.device)}
         if log:
             log(m.step, values)
         if progress:
@@ -235,5 +221,5 @@ def train_loop(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
     data = batches(shard, optim.batch_size, engine.module.formatter.pad_id, optim.seed + start)
     result = train(engine, DeepSpeedUpdate(engine), data, cfg.train.loss, max_steps=optim.max_steps, start_step=start,
-                   gather=gather, device=engine.device, on_step=after_step)
+                   gather=all_gather, device=engine.device, on_step=after_step)
     return {"start_step": start, "steps": len(result.steps), "mlflow_run_id": run_id}

@@ -37,6 +37,8 @@ def row(**changes):
         (b'{"id": "x",', "<line>", "invalid_json"),
         (row(negatives=[["ada"]]), "negatives[0]", "invalid_value"),
         (row(messages=[{"role": "user", "content": "q[RQ]"}, GOOD["messages"][1]]), "messages[0].content", "invalid_value"),
+        (row(redact=["born", None]), "redact", "rq_count_mismatch"),
+        (row(redact=[" "]), "redact[0]", "empty_text"),
     ],
 )
 def test_bad_example_rows_name_row_field_and_kind(raw, field, kind):
@@ -118,3 +120,22 @@ def test_no_quarantine_file_when_every_row_is_good(tmp_path, small_corpus, tiny_
     quarantine = tmp_path / "quarantine.jsonl"
     encoded, report = encode_examples(path, small_corpus, tiny_model.formatter, 512, quarantine)
     assert len(encoded) == 2 and report.quarantined == 0 and not quarantine.exists()
+
+
+def test_a_redaction_the_document_does_not_have_is_quarantined_with_its_reason(tmp_path, small_corpus, tiny_model):
+    rows = [
+        row(id="a", redact=["born in London"]),  # in "Ada Lovelace was born in London in 1815."
+        row(id="b", redact=["born in Paris"]),  # not in it
+        row(id="c", redact=["Ada Lovelace was born in London in 1815."]),  # all of it: nothing left
+        row(id="d", redact=[None]),  # nothing to cut
+    ]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    quarantine = tmp_path / "quarantine.jsonl"
+    encoded, report = encode_examples(path, small_corpus, tiny_model.formatter, 512, quarantine)
+
+    assert [e.id for e in encoded] == ["a", "d"] and (report.read, report.quarantined) == (4, 2)
+    records = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert [(r["row"], r["field"], r["kind"]) for r in records] == [(2, "redact[0]", "invalid_value"), (3, "redact[0]", "invalid_value")]
+    assert "'born in Paris' does not occur in the document" in records[0]["reason"]
+    assert "whole text" in records[1]["reason"]
+    assert records[0]["raw"] == json.dumps(rows[1])

@@ -93,3 +93,28 @@ def test_collator_pads_dynamically_to_a_multiple_of_8(formatter, small_corpus):
     assert batch.doc_keys.tolist() == [document_key(d) for d in docs]
     assert [docs[i] for i in batch.positive.tolist()] == ["ada", "london"]
     assert [[docs[i] for i in row] for row in batch.hard_negatives.tolist()] == [["paris"], ["ada"]]
+
+
+def _contains(tokens: list[int], part: list[int]) -> bool:
+    return any(tokens[i : i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
+
+
+def test_a_redaction_is_cut_from_the_inserted_passage_and_the_embedded_document_only(formatter, small_corpus):
+    cut = "was born in London"
+    example = make_example("Who?[RQ] Ada. Where?[RQ] Ada.", [["ada"], ["ada"]], redact=[cut, None])
+    enc = formatter.example(example, small_corpus, 512)
+    inner = formatter.text(f" {cut}")[1:]  # the phrase's tokens as they occur inside the text
+
+    # hop 0 inserts and embeds the redacted copy; hop 1 the whole document: two document rows, one id
+    assert enc.doc_ids == ["ada", "ada"] and enc.positives == [[0], [1]]
+    redacted_row, whole_row = enc.doc_input_ids
+    assert not _contains(redacted_row, inner) and _contains(whole_row, inner)
+    assert decode(formatter, redacted_row) == "Ada Lovelace\nAda Lovelace in 1815.[RD]"
+    first, second = enc.query_positions
+    assert not _contains(enc.input_ids[first:second], inner) and _contains(enc.input_ids[second:], inner)
+    assert cut in small_corpus["ada"].text  # the corpus, and so the index, keeps it
+
+    # In a batch with a row that uses the whole document, both rows are embedded, with one key.
+    whole = formatter.example(make_example("Who?[RQ] Ada.", [["ada"]], example_id="b"), small_corpus, 512)
+    batch = Collator(formatter.pad_id)([enc, whole])
+    assert batch.doc_keys.tolist() == [document_key("ada")] * 2 and batch.positive.tolist() == [0, 1, 1]

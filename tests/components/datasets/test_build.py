@@ -217,6 +217,60 @@ def test_ict_limit_takes_a_seeded_sample():
     assert positions == sorted(positions)  # corpus order
 
 
+def synthetic_articles(n: int) -> dict[str, dict]:
+    """`n` articles of three sentences each, in ten topics."""
+    return {
+        f"Thing {i}": {
+            "title": f"Thing {i}",
+            "extract": f"Thing {i} is an object with a long history. It was made in the year {1000 + i} by many "
+                       f"people. Its weight is {i} kilograms on a good day.",
+            "description": "", "topic": f"Topic {i % 10}",
+        }
+        for i in range(n)
+    }
+
+
+def test_ict_cuts_the_query_sentence_out_of_about_90_percent_of_the_articles():
+    articles = vital_articles(synthetic_articles(500))
+    rows = ict_examples(articles, seed=0)
+    redacted = [r for r in rows if r["redact"]]
+    print(f"{len(redacted)} of {len(rows)} ICT rows redacted")
+    assert 0.85 < len(redacted) / len(rows) < 0.95
+    assert all(r["redact"] == [r["messages"][0]["content"]] for r in redacted)  # the query sentence itself
+    assert all(r["redact"] == [] for r in rows if r not in redacted)
+    # Seeded and stable per article: a sample makes the same choice for each of its articles.
+    by_id = {r["id"]: r for r in rows}
+    assert all(r == by_id[r["id"]] for r in ict_examples(articles, limit=50, seed=0))
+    assert not any(r["redact"] for r in ict_examples(articles, seed=0, redact_rate=0.0))
+
+
+def test_an_ict_row_neither_inserts_nor_embeds_its_query_sentence(tokenizer):
+    from components.data.corpus import Corpus
+    from components.data.tokenize import Formatter
+    from components.tokens import add_tokens_to_tokenizer
+
+    add_tokens_to_tokenizer(tokenizer)
+    formatter = Formatter(tokenizer)
+    articles = vital_articles(ARTICLES)
+    corpus = Corpus(articles.documents)
+    rows = {r["positives"][0][0]: r for r in ict_examples(articles, seed=0, redact_rate=1.0)}
+    sentence = "She wrote the first published algorithm for the Analytical Engine."
+    assert rows["Ada Lovelace"]["redact"] == [sentence]
+    assert rows["Alan Turing"]["redact"] == []  # its only sentence: cut, nothing would be left
+
+    enc = formatter.example(Example.model_validate(rows["Ada Lovelace"]), corpus, 512)
+    inner = formatter.text(f" {sentence}")[1:]  # the sentence's tokens as they occur inside the text
+
+    def contains(tokens: list[int]) -> bool:
+        return any(tokens[i : i + len(inner)] == inner for i in range(len(tokens)))
+
+    (positive,) = enc.positives[0]
+    assert not contains(enc.doc_input_ids[positive])  # the document row embedded for the loss
+    (q,) = enc.query_positions
+    assert contains(enc.input_ids[:q]) and not contains(enc.input_ids[q:])  # asked in the prompt, not inserted after [RQ]
+    assert sentence in corpus["Ada Lovelace"].text and contains(formatter.document(corpus["Ada Lovelace"]))  # the index keeps it
+
+
 # --- split and build ------------------------------------------------------------------------------
 
 def test_split_is_a_stable_function_of_the_id():

@@ -64,6 +64,24 @@ def test_without_in_batch_negatives_only_hard_negatives_count():
     torch.testing.assert_close(loss, -F.logsigmoid(torch.tensor(1.0 - 0.6)))
 
 
+def test_the_papers_bpr_pairs_each_query_with_its_own_hard_negatives_only():
+    """OneGen's `bpr_loss`: the mean over (query, own hard negative) pairs of -log σ(s⁺ − s⁻), cosine
+    scores, no temperature; the other queries' documents are not negatives."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])
+    # query 0: positive doc 0 (score 1), hard negatives docs 2, 3 (scores 0.6, 0.8)
+    # query 1: positive doc 1 (score 1), hard negatives docs 3, 4 (scores 0.6, 0.0)
+    batch = scoring_batch([10, 11, 12, 13, 14], positive=[0, 1], positive_keys=[[10], [11]], hard_negatives=[[2, 3], [3, 4]])
+    paper = LossConfig(kind="bpr", in_batch_negatives=False)
+    softplus = lambda x: math.log(1 + math.exp(-x))  # -log σ(x)  # noqa: E731
+    by_hand = (softplus(1 - 0.6) + softplus(1 - 0.8) + softplus(1 - 0.6) + softplus(1 - 0.0)) / 4
+    assert retrieval_loss(q, d, batch, paper).item() == pytest.approx(by_hand, abs=1e-6)
+    # with in-batch negatives, query 0 also meets docs 1 and 4, query 1 docs 0 and 2
+    in_batch = (softplus(1 - 0.6) + softplus(1 - 0.8) + softplus(1 - 0.0) + softplus(1 + 1.0)
+                + softplus(1 - 0.6) + softplus(1 - 0.0) + softplus(1 - 0.0) + softplus(1 - 0.8)) / 8
+    assert retrieval_loss(q, d, batch, LossConfig(kind="bpr")).item() == pytest.approx(in_batch, abs=1e-6)
+
+
 def test_joint_loss_weights():
     assert joint_loss(torch.tensor(2.0), torch.tensor(3.0), LossConfig(lambda_gen=0.5, lambda_ret=2.0)).item() == 7.0
 
@@ -82,7 +100,7 @@ def test_gradients_reach_the_ret_positions_and_the_new_token_rows(tiny_model, sm
 def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     import torch.distributed as dist
 
-    from components.model.losses import all_gather
+    from components.model.gather import all_gather
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -96,7 +114,8 @@ def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     batch = scoring_batch(list(range(d0, d0 + sizes[rank][1])), positive=[0, 1], positive_keys=[[d0], [d0 + 1]])
     loss = retrieval_loss(q, d, batch, LossConfig(temperature=0.2), gather=all_gather)
     loss.backward()
-    expected = F.cross_entropy((q @ d_all.T) / 0.2, torch.tensor([d0, d0 + 1]))
+    # Every worker computes the loss of the global batch: both workers' queries against all documents.
+    expected = F.cross_entropy((q_all @ d_all.T) / 0.2, torch.tensor([0, 1, 3, 4]))
     torch.save({"loss": loss.detach(), "expected": expected, "grad_nonzero": bool(d.grad.abs().sum() > 0)}, f"{result_file}.{rank}")
     dist.destroy_process_group()
 
@@ -108,5 +127,5 @@ def test_cross_worker_negatives_through_all_gather(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"result.{rank}")
-        torch.testing.assert_close(result["loss"], result["expected"])  # scored against all 5 documents
+        torch.testing.assert_close(result["loss"], result["expected"])  # all 4 queries against all 5 documents
         assert result["grad_nonzero"]

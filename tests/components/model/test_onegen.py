@@ -126,3 +126,53 @@ def test_lora_trains_adapters_and_special_token_rows_and_merges_on_save(tmp_path
     others[special] = False
     torch.testing.assert_close(weight[others], embed_before[others])
     assert not torch.allclose(weight[special], embed_before[special])
+
+
+def _rows(weight: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(special-token rows, all other rows) of a [vocab, H] matrix."""
+    special = torch.zeros(weight.shape[0], dtype=torch.bool)
+    special[sorted(st.token_ids(tokenizer).values())] = True
+    return weight[special], weight[~special]
+
+
+def test_lora_trains_the_head_rows_of_the_new_tokens_when_the_head_is_not_tied(tmp_path, tokenizer, batch):
+    """Llama-2's LM head is its own matrix: its [RQ] row is what makes the model emit [RQ]."""
+    from components.model.base import tiny_llama
+
+    lm = tiny_llama(tokenizer, tie_word_embeddings=False)
+    st.add_special_tokens(lm, tokenizer)
+    head_before = lm.get_output_embeddings().weight.detach().clone()
+    model = OneGenModel.build(lm, tokenizer, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lm_head.token_adapter" in n for n in trainable) and not any(n.endswith("lm_head.weight") for n in trainable)
+    assert (batch.labels == st.token_ids(tokenizer)[st.QUERY]).any()  # the LM loss targets [RQ]
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        model(batch).lm_loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    reference = model(batch)
+
+    loaded = OneGenModel.from_pretrained(model.save_pretrained(tmp_path / "merged"))
+    loaded.eval()
+    assert not loaded.hf.config.tie_word_embeddings
+    head = loaded.hf.get_output_embeddings().weight
+    moved, others = _rows(head, tokenizer)
+    moved_before, others_before = _rows(head_before, tokenizer)
+    assert (moved - moved_before).abs().amax(dim=1).min() > 0  # every special row moved, [RQ]'s too
+    torch.testing.assert_close(others, others_before, rtol=0, atol=0)  # the rest stayed frozen
+    torch.testing.assert_close(loaded(batch).lm_loss, reference.lm_loss, atol=1e-5, rtol=1e-4)  # saved as trained
+
+
+def test_lora_with_a_tied_head_trains_the_shared_rows_once(tokenizer, batch):
+    """SmolLM2 ties the head to the embedding: peft keeps one trainable delta for both."""
+    from components.model.base import tiny_llama
+
+    model = OneGenModel.build(tiny_llama(tokenizer, tie_word_embeddings=True), tokenizer, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    deltas = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
+    assert len(deltas) == 1 and "embed_tokens" in deltas[0]
+    head = model.hf.get_output_embeddings()
+    assert head.token_adapter.tied_adapter is model.hf.get_input_embeddings().token_adapter
+

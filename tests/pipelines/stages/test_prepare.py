@@ -108,3 +108,27 @@ def test_prepare_reads_and_writes_s3(ray_cluster, tmp_path, s3_server, monkeypat
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix="runs/prepared/tiny/")["Contents"]]
     assert sum(k.endswith(".parquet") for k in keys) == 2
     assert "runs/prepared/tiny/quarantine/quarantine.jsonl" in keys and "runs/prepared/tiny/report.json" in keys
+
+
+def test_the_tokenize_actor_encodes_a_redaction_and_quarantines_a_bad_one(tmp_path, tokenizer):
+    """The actor's per-row work without Ray: a redacted row fits the Parquet schema and is encoded as
+    in-process; a redaction the document lacks is an error row that names `redact[0]`."""
+    from components.data.tokenize import Formatter
+    from components.tokens import add_tokens_to_tokenizer
+    from pipelines.stages.prepare import Tokenize
+
+    corpus, examples = synthetic_retrieval()
+    cfg = load_config("tiny")
+    good = examples[0].model_copy(update={"redact": [corpus["d0"].text.split(" is called")[0]]})
+    bad = examples[1].model_copy(update={"redact": ["not in the document"]})
+    corpus.save_jsonl(tmp_path / "corpus.jsonl")
+    actor = Tokenize(cfg.train.model.source, cfg.train.model.format.model_dump(), (tmp_path / "corpus.jsonl").read_bytes(),
+                     cfg.train.max_length)
+    raws = [e.model_dump_json().encode() for e in (good, bad)]
+    table = actor({"source": ["x.jsonl"] * 2, "row": [1, 2], "raw": raws}).to_pylist()
+
+    add_tokens_to_tokenizer(tokenizer)
+    expected = Formatter(tokenizer, cfg.train.model.format).example(good, corpus, cfg.train.max_length).to_row()
+    assert table[0]["error"] is None and {k: table[0][k] for k in expected} == expected
+    error = json.loads(table[1]["error"])
+    assert (error["row"], error["field"], error["kind"]) == (2, "redact[0]", "invalid_value")

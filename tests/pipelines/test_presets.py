@@ -1,0 +1,14 @@
+from pipelines.config import PRESETS, load_config
+
+
+def test_every_preset_loads():
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    assert "llama2-7b-gpu" in names
+    for name in names:
+        assert load_config(name).name == name
+
+
+def test_the_paper_preset_uses_the_papers_bpr():
+    """OneGen's BPR scores each query against its own hard negatives (components.config.LossConfig)."""
+    loss = load_config("llama2-7b-gpu").train.loss
+    assert loss.kind == "bpr" and not loss.in_batch_negatives
