@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from components.config import FrozenConfig, GenerationConfig, IndexConfig, TrainConfig
+from components.datasets.build import BuildConfig
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -44,6 +45,7 @@ class DataConfig(FrozenConfig):
     # policy's τ for the trained weights (components/generation/threshold.py); None: no τ.
     calibration: str | None = None
     calibration_rows: PositiveInt = 32
+    build: BuildConfig = BuildConfig()  # how `onegen main` builds the files above from the installed packages
 
     @model_validator(mode="after")
     def _repeat_names_train_files(self) -> DataConfig:

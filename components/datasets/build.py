@@ -21,12 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
+from components.config import FrozenConfig
 from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
-from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
+from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, leaf_examples, leaf_question_id, read_dev
 from components.datasets.inverse_cloze import REDACT_RATE, ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
 
@@ -34,14 +35,15 @@ QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")
 
 
-class BuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class BuildConfig(FrozenConfig):
     dev_fraction: float = Field(0.5, ge=0, le=1)  # of FanOutQA questions; ICT rows are all train
     negatives: NonNegativeInt = 3  # MiniLM hard negatives per FanOutQA hop (0: no MiniLM at all)
     ict_limit: NonNegativeInt | None = None  # ICT examples; None: one per article
     seed: int = 0  # ICT sentence, negative and sample choice; the FanOutQA split does not depend on it
     ict_redact_rate: float = Field(REDACT_RATE, ge=0, le=1)  # of ICT rows whose sentence is cut from the article
+    # A seeded random sample of this many articles as the corpus (None: all of them), for small runs
+    # (tests). FanOutQA keeps the leaves whose page is in the sample, so nothing is chosen by label.
+    corpus_sample: PositiveInt | None = None
 
 
 @dataclass
@@ -114,18 +116,12 @@ def _read_back(path: Path, corpus: Corpus, quarantine: Path) -> FileCount:
 
 def build_datasets(
     out_dir: str | Path,
-    dev_fraction: float = 0.5,
-    negatives: int = 3,
-    ict_limit: int | None = None,
-    seed: int = 0,
-    ict_redact_rate: float = REDACT_RATE,
+    config: BuildConfig = BuildConfig(),
     *,
     summaries: dict[str, dict] | None = None,  # the vital articles; default: the installed package
     questions: list[dict] | None = None,  # FanOutQA questions; default: the installed dev file
     miner: NegativeMiner | None = None,  # default: MiniLM top-`negatives` (tests inject their own)
 ) -> BuildReport:
-    config = BuildConfig(dev_fraction=dev_fraction, negatives=negatives, ict_limit=ict_limit, seed=seed,
-                         ict_redact_rate=ict_redact_rate)
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +130,8 @@ def build_datasets(
     report = BuildReport(out, config)
 
     articles = vital_articles(summaries if summaries is not None else read_summaries(), quarantine)
+    if config.corpus_sample is not None:
+        articles = articles.sample(config.corpus_sample, config.seed)
     report.sources["vital_articles"] = articles.report
     _write_jsonl(out / "corpus.jsonl", (d.model_dump_json() for d in articles.documents))
     corpus, corpus_report = load_corpus(out / "corpus.jsonl", quarantine)
@@ -144,10 +142,12 @@ def build_datasets(
     questions = questions if questions is not None else read_dev()
     rows = {
         "fanoutqa": fanoutqa_examples(questions, corpus, miner),
+        "fanoutqa_leaves": leaf_examples(questions, corpus, miner),
         "ict": ict_examples(articles, config.ict_limit, config.seed, config.ict_redact_rate),
     }
     described = {
         "fanoutqa": f"fanoutqa dev, the {len(rows['fanoutqa'])} of {len(questions)} questions with a leaf in the corpus",
+        "fanoutqa_leaves": f"fanoutqa dev sub-questions asked alone, the {len(rows['fanoutqa_leaves'])} whose page is in the corpus",
         "ict": f"inverse cloze, a sentence of {len(rows['ict'])} of {len(articles.documents)} articles",
     }
     check = example_check(corpus)  # one check for all sources: ids are unique across them
@@ -159,9 +159,11 @@ def build_datasets(
     parts = {
         "fanoutqa_train": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "train"],
         "fanoutqa_dev": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "dev"],
+        # A leaf is in the split of its question: a dev question's sub-questions are never trained on.
+        "leaves_train": [e for e in kept["fanoutqa_leaves"] if split_of(leaf_question_id(e.id), config.dev_fraction) == "train"],
         "ict_train": kept["ict"],
     }
-    parts["train"] = parts["fanoutqa_train"] + parts["ict_train"]
+    parts["train"] = parts["fanoutqa_train"] + parts["leaves_train"] + parts["ict_train"]
     parts["dev"] = parts["fanoutqa_dev"]
     for name, examples in parts.items():
         path = out / f"{name}.jsonl"

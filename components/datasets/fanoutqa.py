@@ -91,6 +91,36 @@ def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: N
     ]
 
 
+LEAF = "-leaf"  # a leaf example's id: <question id>-leaf<n>
+
+
+def leaf_question_id(example_id: str) -> str:
+    """The FanOutQA question a leaf example comes from (its split is the question's)."""
+    return example_id.rsplit(LEAF, 1)[0]
+
+
+def leaf_examples(questions: list[dict], corpus_ids: Container[str], mine: NegativeMiner) -> list[dict]:
+    """Each in-corpus leaf asked alone, as a user would ask a plain factual question; the answer
+    restates it, retrieves, and answers, one hop of a walk:
+
+        user: "What is the batting hand of Pat Burrell?"
+        assistant: "What is the batting hand of Pat Burrell?[RQ] Right."
+
+    so the model learns to retrieve for ordinary questions, not only inside multi-hop walks."""
+    leaves_of = [(q, n, leaf) for q in questions for n, leaf in enumerate(in_corpus_leaves(q, corpus_ids))]
+    negatives = mine([leaf["question"] for _, _, leaf in leaves_of], [gold_title(leaf) for _, _, leaf in leaves_of])
+    return [
+        {
+            "id": f"{q['id']}{LEAF}{n}",
+            "messages": [{"role": "user", "content": leaf["question"]},
+                         {"role": "assistant", "content": f"{leaf['question']}{QUERY} {full_stop(render(leaf['answer']))}"}],
+            "positives": [[gold_title(leaf)]],
+            "negatives": [negs],
+        }
+        for (q, n, leaf), negs in zip(leaves_of, negatives)
+    ]
+
+
 def question_leaves(examples: Sequence, questions: Sequence[dict], corpus_ids: Container[str]) -> dict[str, list[dict]]:
     """Example id → the FanOutQA leaves its hops ask, for the examples built from `questions` (by
     `fanoutqa_examples`): their hops are exactly the question's in-corpus leaves, depth first, gold

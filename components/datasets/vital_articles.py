@@ -8,6 +8,7 @@ beside the documents rather than inside them.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,13 @@ class VitalArticles:
     descriptions: dict[str, str] = field(default_factory=dict)  # document id → description ("" if none)
     topics: dict[str, str] = field(default_factory=dict)  # document id → topic
     report: ScreenReport = field(default_factory=lambda: ScreenReport(source=SOURCE))
+
+    def sample(self, n: int, seed: int) -> VitalArticles:
+        """A seeded random sample of n articles, in the file's order (all of them if n is larger)."""
+        keep = set(random.Random(seed).sample(range(len(self.documents)), min(n, len(self.documents))))
+        docs = [d for i, d in enumerate(self.documents) if i in keep]
+        return VitalArticles(docs, {d.id: self.descriptions[d.id] for d in docs}, {d.id: self.topics[d.id] for d in docs},
+                             self.report)
 
 
 def read_summaries(path: str | Path | None = None) -> dict[str, dict]:

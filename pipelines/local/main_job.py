@@ -51,7 +51,7 @@ def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
             from components.datasets.build import build_datasets
 
             _header(2, total, f"data build into {cfg.data.dir}")
-            print(build_datasets(cfg.data.dir).summary(), flush=True)
+            print(build_datasets(cfg.data.dir, cfg.data.build).summary(), flush=True)
 
     for n, (stage, stage_cfg) in enumerate(stages, start=3):
         label = stage if stage_cfg.variant == "onegen" else f"{stage} ({stage_cfg.variant} baseline)"
@@ -80,24 +80,18 @@ class _timed:
 
 
 def final_table(report: MainReport) -> str:
-    """Recall@k of this model beside MiniLM's, the promotion, and the timings."""
+    """The evaluation read back from the model's MLflow run (ours beside MiniLM, teacher-forced and
+    free-running, on the whole index), the promotion, and the time each stage took."""
     from mlflow import MlflowClient
+
+    from pipelines.stages.evaluate import summary_table
 
     cfg = report.config
     client = MlflowClient(cfg.mlflow.tracking_uri)
-    lines = []
+    lines = [""]
     run = tracking.training_run(client, cfg.mlflow.experiment, cfg.run_name)
     if run is not None:
-        m = run.data.metrics
-        ks = cfg.evaluate.ks
-        lines += ["", f"{'':>14} " + " ".join(f"{'R@' + str(k):>7}" for k in ks) + f" {'MRR':>7}"]
-        for who in ("in_stream", "minilm"):
-            label = "OneGen (ours)" if who == "in_stream" else "MiniLM"
-            row = [m.get(f"{who}_recall_at_{k}") for k in ks] + [m.get(f"{who}_mrr")]
-            lines.append(f"{label:>14} " + " ".join(f"{v:7.3f}" if v is not None else f"{'-':>7}" for v in row))
-        extra = {k: m[k] for k in ("answer_loose_acc", "answer_f1", "heldout_lm_loss", "lm_loss_vs_plain_lm") if k in m}
-        if extra:
-            lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+        lines.append(summary_table(run.data.metrics, cfg.evaluate.ks))
         lines.append(f"  MLflow run: {cfg.mlflow.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     lines += _promotion(client, cfg)
     lines += ["", "  " + ", ".join(f"{name} {s:.0f}s" for name, s in report.seconds.items())

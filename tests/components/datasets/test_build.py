@@ -284,7 +284,7 @@ def test_split_is_a_stable_function_of_the_id():
 
 
 def _build(out: Path, **kwargs):
-    return build_datasets(out, summaries=ARTICLES, questions=QUESTIONS, miner=FirstOthers(kept_ids()), **kwargs)
+    return build_datasets(out, BuildConfig(**kwargs), summaries=ARTICLES, questions=QUESTIONS, miner=FirstOthers(kept_ids()))
 
 
 @pytest.mark.timeout(60)
@@ -294,12 +294,17 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     corpus, corpus_report = load_corpus(tmp_path / "corpus.jsonl")
     assert corpus.ids == kept_ids() and corpus_report.quarantined == 0
     read = {}
-    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "ict_train"):
+    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "leaves_train", "ict_train"):
         screen = ScreenReport(source=name)
         read[name] = list(iter_examples(tmp_path / f"{name}.jsonl", corpus, screen))
         assert screen.quarantined == 0, name
     ids = {name: {e.id for e in examples} for name, examples in read.items()}
-    assert ids["train"] == ids["fanoutqa_train"] | ids["ict_train"] and ids["dev"] == ids["fanoutqa_dev"]
+    assert ids["train"] == ids["fanoutqa_train"] | ids["leaves_train"] | ids["ict_train"] and ids["dev"] == ids["fanoutqa_dev"]
+    # Each in-corpus leaf of a training question is asked alone; a dev question's leaves never are.
+    assert ids["leaves_train"] == {f"q-nested-leaf{n}" for n in range(4)} and ids["fanoutqa_train"] == {"q-nested"}
+    first = next(e for e in read["leaves_train"] if e.id == "q-nested-leaf0")
+    assert first.prompt[0].content == "Who wrote the first algorithm?" and first.positives == [["Ada Lovelace"]]
+    assert first.answer == "Who wrote the first algorithm?[RQ] Ada Lovelace."
     assert ids["fanoutqa_train"] | ids["fanoutqa_dev"] == {"q-nested", "q-dc"}
     assert not ids["train"] & ids["dev"]
     for e in read["fanoutqa_train"] + read["fanoutqa_dev"]:
@@ -310,13 +315,26 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     assert stats["sources"]["fanoutqa"]["kept"] == 2 and stats["sources"]["ict"]["kept"] == 7
     fanout_hops = stats["files"]["fanoutqa_train.jsonl"]["hops"] + stats["files"]["fanoutqa_dev.jsonl"]["hops"]
     assert fanout_hops == 5  # 4 in-corpus leaves of q-nested + 1 of q-dc
-    assert stats["splits"]["train"]["examples"] + stats["splits"]["dev"]["examples"] == 9
+    assert stats["sources"]["fanoutqa_leaves"]["kept"] == 5
+    assert stats["splits"]["train"]["examples"] + stats["splits"]["dev"]["examples"] == 13
     assert stats["config"] == BuildConfig(dev_fraction=0.5).model_dump()
     # The one quarantined row is the blank article, with its reason.
     (record,) = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     assert record["kind"] == "empty_text" and record["raw"]["id"] == "Blank"
     assert "summaries_en-us.json: read 8 = kept 7 + quarantined 1 (empty_text=1)" in report.summary()
-    assert "train.jsonl: read 8 = kept 8 + quarantined 0, 11 [RQ]" in report.summary()
+    assert "train.jsonl: read 12 = kept 12 + quarantined 0, 15 [RQ]" in report.summary()
+
+
+@pytest.mark.timeout(60)
+def test_a_corpus_sample_is_random_and_fanoutqa_keeps_only_its_pages(tmp_path):
+    report = _build(tmp_path / "a", corpus_sample=4, seed=1)
+    corpus, _ = load_corpus(tmp_path / "a" / "corpus.jsonl")
+    assert len(corpus) == 4 and set(corpus.ids) < set(kept_ids())
+    assert _build(tmp_path / "b", corpus_sample=4, seed=1) and load_corpus(tmp_path / "b" / "corpus.jsonl")[0].ids == corpus.ids
+    for name in ("fanoutqa_train", "fanoutqa_dev", "leaves_train"):
+        for example in iter_examples(tmp_path / "a" / f"{name}.jsonl", corpus, ScreenReport(source=name)):
+            assert all(ids[0] in corpus for ids in example.positives)
+    assert report.sources["vital_articles"].kept == 7  # the screening still counts every article read
 
 
 @pytest.mark.timeout(60)
@@ -361,7 +379,7 @@ def minilm_cache(request, tmp_path):
 @pytest.mark.timeout(300)  # ~15 s with a cached MiniLM matrix; the first run embeds (30-100 s)
 def test_build_from_the_installed_packages(minilm_cache):
     tmp_path = minilm_cache
-    report = build_datasets(tmp_path, ict_limit=20)
+    report = build_datasets(tmp_path, BuildConfig(ict_limit=20))
 
     corpus, corpus_report = load_corpus(tmp_path / "corpus.jsonl")
     assert len(corpus) == report.sources["vital_articles"].kept == 10_033 and corpus_report.quarantined == 0
