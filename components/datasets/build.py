@@ -21,26 +21,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
-
 from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
+from components.datasets.config import BuildConfig
 from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, read_dev
 from components.datasets.inverse_cloze import ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
 
 QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")
-
-
-class BuildConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dev_fraction: float = Field(0.5, ge=0, le=1)  # of FanOutQA questions; ICT rows are all train
-    negatives: NonNegativeInt = 3  # MiniLM hard negatives per FanOutQA hop (0: no MiniLM at all)
-    ict_limit: NonNegativeInt | None = None  # ICT examples; None: one per article
-    seed: int = 0  # ICT sentence, negative and sample choice; the FanOutQA split does not depend on it
 
 
 @dataclass
