@@ -17,8 +17,8 @@ class FrozenConfig(BaseModel):
 class FormatConfig(FrozenConfig):
     """How documents become tokens. Saved with the model: training and inference must agree."""
 
-    max_passage_tokens: PositiveInt = 160  # passage text inserted between <paragraph> ... </paragraph>
-    max_document_tokens: PositiveInt = 256  # document text embedded before [RD]
+    max_passage_tokens: PositiveInt = Field(160, description="passage tokens inserted between <paragraph> ... </paragraph>")
+    max_document_tokens: PositiveInt = Field(256, description="document tokens embedded before [RD]")
 
 
 class LossConfig(FrozenConfig):
@@ -36,79 +36,87 @@ class LossConfig(FrozenConfig):
                               adds nothing.
     """
 
-    kind: Literal["infonce", "bpr"] = "infonce"
-    temperature: float = Field(0.05, gt=0)  # InfoNCE only
-    lambda_gen: float = Field(1.0, ge=0)
-    lambda_ret: float = Field(1.0, ge=0)
-    in_batch_negatives: bool = True  # False: only each query's own hard negatives (the paper's BPR)
+    kind: Literal["infonce", "bpr"] = Field("infonce", description="the retrieval loss")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE only")
+    lambda_gen: float = Field(1.0, ge=0, description="weight of the next-token loss")
+    lambda_ret: float = Field(1.0, ge=0, description="weight of the retrieval loss (0: a plain LM)")
+    in_batch_negatives: bool = Field(
+        True, description="the batch's other documents are negatives too; off: only each query's own hard negatives (the paper's BPR)"
+    )
     # The loss of the global batch: every worker's queries against every worker's documents (with
     # in_batch_negatives=False that adds no negative, but still averages over the global batch).
-    cross_worker_negatives: bool = True
+    cross_worker_negatives: bool = Field(True, description="documents of the other data-parallel workers too")
 
 
 class LoraConfig(FrozenConfig):
-    r: PositiveInt = 16
-    alpha: PositiveInt = 32
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    r: PositiveInt = Field(16, description="LoRA rank")
+    alpha: PositiveInt = Field(32, description="LoRA scaling: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], description="modules given LoRA adapters"
+    )
 
 
 class ModelConfig(FrozenConfig):
-    # "smollm2" (the offline SmolLM2-135M-Instruct), "tiny" (a random Llama for tests), or a path
-    # to an HF model directory.
-    source: str = "smollm2"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    lora: LoraConfig | None = None
-    gradient_checkpointing: bool = False
+    source: str = Field(
+        "smollm2",
+        description="'smollm2' (the offline SmolLM2-135M-Instruct), 'tiny' (a random Llama for tests), or an HF model directory",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype")
+    lora: LoraConfig | None = Field(None, description="LoRA adapters; None: a full fine-tune")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory)")
     format: FormatConfig = FormatConfig()
 
 
 class OptimConfig(FrozenConfig):
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    max_steps: PositiveInt = 100
-    batch_size: PositiveInt = 8  # examples per step per worker
-    grad_clip: float | None = 1.0
-    seed: int = 0
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    max_steps: PositiveInt = Field(100, description="optimizer steps")
+    batch_size: PositiveInt = Field(8, description="examples per step per worker")
+    grad_clip: float | None = Field(1.0, description="gradient norm clip; None: no clipping")
+    seed: int = Field(0, description="the training run's random seed")
 
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
 
 class IndexConfig(FrozenConfig):
-    kind: IndexKind = "flat"  # flat: exact; ivf, hnsw: approximate, faster on large corpora
+    kind: IndexKind = Field("flat", description="flat: exact; ivf, hnsw: approximate, faster on large corpora")
     # IVF: the vectors are split into nlist cells by k-means; a query scans the nprobe nearest.
     # nlist None: 4·√n, at most n/39 (at least 1). An nlist given with fewer than 39·nlist vectors
     # is an error rather than silently changed.
-    nlist: PositiveInt | None = None
-    nprobe: PositiveInt = 32
+    nlist: PositiveInt | None = Field(None, description="IVF cells; None: 4·√n, at most n/39")
+    nprobe: PositiveInt = Field(32, description="IVF cells a query scans")
     # HNSW: links per node, and the candidate list sizes when building and when searching.
-    hnsw_m: PositiveInt = 32
-    ef_construction: PositiveInt = 100
-    ef_search: PositiveInt = 128
+    hnsw_m: PositiveInt = Field(32, description="HNSW links per node")
+    ef_construction: PositiveInt = Field(100, description="HNSW candidate list size when building")
+    ef_search: PositiveInt = Field(128, description="HNSW candidate list size when searching")
 
 
 class TrainConfig(FrozenConfig):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
-    max_length: PositiveInt = 1024  # tokens of a generation row
+    max_length: PositiveInt = Field(1024, description="tokens of a generation row")
 
 
 class GenerationConfig(FrozenConfig):
-    max_new_tokens: PositiveInt = 128  # tokens the model samples; inserted passages do not count
-    temperature: float = Field(0.0, ge=0)  # 0: greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: list[str] = []
-    stop_token_ids: list[int] = []  # end the answer on these (besides EOS), the token included
-    logit_bias: dict[int, float] = {}  # token id → added to its logit (as in the OpenAI API)
-    retrieval: bool = True  # off: plain decoding, [RQ] is a token like any other
-    mode: Literal["rag", "link"] = "rag"
-    top_k: PositiveInt = 1  # passages inserted per hop
-    max_retrievals: NonNegativeInt = 4  # hops per answer; [RQ] is suppressed after the last
-    # Retrieve whenever P([RQ]) exceeds this (Self-RAG's threshold policy), not only when [RQ] is
-    # the likeliest token. None: plain sampling (argmax when greedy). A trained model stores the
-    # value calibrated for it (OneGenModel.retrieval_threshold).
-    retrieval_threshold: float | None = Field(None, ge=0, le=1)
+    max_new_tokens: PositiveInt = Field(128, description="tokens the model samples; inserted passages do not count")
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the most likely tokens up to this much probability")
+    seed: int | None = Field(None, description="sampling seed; None: unseeded")
+    stop: list[str] = Field([], description="end the answer before any of these strings")
+    stop_token_ids: list[int] = Field([], description="end the answer on these tokens (besides EOS), the token included")
+    logit_bias: dict[int, float] = Field({}, description="token id → added to its logit (as in the OpenAI API)")
+    retrieval: bool = Field(True, description="off: plain decoding, [RQ] is a token like any other")
+    mode: Literal["rag", "link"] = Field(
+        "rag", description="rag: [RQ] retrieves and inserts passages; link: entity linking, each mention then [EL]"
+    )
+    top_k: PositiveInt = Field(1, description="passages inserted per retrieval")
+    max_retrievals: NonNegativeInt = Field(4, description="retrievals per answer; [RQ] is suppressed after the last")
+    retrieval_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="retrieve whenever P([RQ]) exceeds this (Self-RAG's threshold policy), not only when [RQ] is the "
+                    "likeliest token; None: plain sampling. A trained model stores the value calibrated for it",
+    )

@@ -15,36 +15,36 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from components.config import FrozenConfig, GenerationConfig, IndexConfig, TrainConfig
-from components.datasets.build import BuildConfig
+from components.datasets.config import BuildConfig
 
 PRESETS = Path(__file__).parent / "presets"
 
 
 class StorageConfig(FrozenConfig):
-    root: str = ".onegen/storage"  # a directory, or s3://bucket/prefix
-    s3_endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO, moto); None: AWS
+    root: str = Field(".onegen/storage", description="a directory, or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (MinIO, moto); None: AWS")
 
 
 class MLflowConfig(FrozenConfig):
-    tracking_uri: str = "http://127.0.0.1:5000"
-    experiment: str = "onegen"
-    registered_model: str = "onegen"
+    tracking_uri: str = Field("http://127.0.0.1:5000", description="the MLflow server")
+    experiment: str = Field("onegen", description="the MLflow experiment the runs go to")
+    registered_model: str = Field("onegen", description="the registry name promote registers under")
 
 
 class DataConfig(FrozenConfig):
     """The role-annotated JSONL the pipeline starts from (`onegen data build` writes these)."""
 
-    dir: str = "data"  # a directory, or s3://bucket/prefix
-    train: list[str] = ["train.jsonl"]
-    dev: str = "fanoutqa_dev.jsonl"
-    corpus: str = "corpus.jsonl"
+    dir: str = Field("data", description="a directory, or s3://bucket/prefix")
+    train: list[str] = Field(["train.jsonl"], description="training example files, in dir")
+    dev: str = Field("fanoutqa_dev.jsonl", description="the dev examples evaluate scores, in dir")
+    corpus: str = Field("corpus.jsonl", description="the documents, in dir")
     # train file → how many times each of its rows is used: a small source that teaches the
     # behaviour (FanOutQA's walks) among a large one that teaches retrieval (inverse cloze).
-    repeat: dict[str, PositiveInt] = {}
+    repeat: dict[str, PositiveInt] = Field({}, description="train file → times each of its rows is used")
     # Training walks (never the dev split) on which the train stage calibrates the threshold
     # policy's τ for the trained weights (components/generation/threshold.py); None: no τ.
-    calibration: str | None = None
-    calibration_rows: PositiveInt = 32
+    calibration: str | None = Field(None, description="training walks on which the train stage calibrates τ of the threshold policy; none: no τ")
+    calibration_rows: PositiveInt = Field(32, description="rows of data.calibration sampled (seeded) to calibrate τ")
     build: BuildConfig = BuildConfig()  # how `onegen main` builds the files above from the installed packages
 
     @model_validator(mode="after")
@@ -58,60 +58,64 @@ class DataConfig(FrozenConfig):
 class PrepareConfig(FrozenConfig):
     """Tokenisation uses `train.max_length` and `train.model.format`: prepare and train agree."""
 
-    concurrency: PositiveInt = 1  # tokenizer actors
-    cpus_per_actor: PositiveFloat = 0.5  # below 1: Ray Data must never starve Ray Train (STACK_NOTES)
-    batch_size: PositiveInt = 256
+    concurrency: PositiveInt = Field(1, description="tokenizer actors")
+    # below 1: Ray Data must never starve Ray Train (STACK_NOTES)
+    cpus_per_actor: PositiveFloat = Field(0.5, description="logical CPUs per tokenizer actor")
+    batch_size: PositiveInt = Field(256, description="rows per tokenizer batch")
 
 
 class DeepSpeedConfig(FrozenConfig):
-    zero_stage: Literal[0, 1, 2, 3] = 1
-    bf16: bool = False  # GPU workers only
-    offload_optimizer: bool = False  # ZeRO-Offload to CPU memory (large models)
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPU workers only)")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload to CPU memory (large models)")
 
 
 class WorkersConfig(FrozenConfig):
     """Ray Train: how many workers, what each holds, how checkpoints and failures are handled."""
 
-    num_workers: PositiveInt = 2
-    cpus_per_worker: PositiveFloat = 0.5
-    use_gpu: bool = False
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel)")
+    cpus_per_worker: PositiveFloat = Field(0.5, description="logical CPUs per worker")
+    use_gpu: bool = Field(False, description="one GPU per worker")
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
-    checkpoint_every: PositiveInt = 50  # steps
-    keep_checkpoints: PositiveInt = 2
-    max_failures: NonNegativeInt = 1  # worker crashes survived by restarting from the last checkpoint
+    checkpoint_every: PositiveInt = Field(50, description="steps between checkpoints")
+    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept (the newest)")
+    max_failures: NonNegativeInt = Field(1, description="worker crashes survived by restarting from the last checkpoint")
 
 
 class IndexStageConfig(FrozenConfig):
     index: IndexConfig = IndexConfig()
-    batch_size: PositiveInt = 32  # documents per forward pass
-    actors: PositiveInt = 1
-    cpus_per_actor: PositiveFloat = 1.0
+    batch_size: PositiveInt = Field(32, description="documents per forward pass")
+    actors: PositiveInt = Field(1, description="embedding actors")
+    cpus_per_actor: PositiveFloat = Field(1.0, description="logical CPUs per embedding actor")
 
 
 class EvaluateConfig(FrozenConfig):
-    ks: list[PositiveInt] = [1, 5, 10]
-    max_length: PositiveInt = 8192  # teacher-forced dev rows are read whole: no hop is cut
+    ks: list[PositiveInt] = Field([1, 5, 10], description="the k of Recall@k")
+    max_length: PositiveInt = Field(8192, description="tokens of a teacher-forced dev row, read whole: no hop is cut")
     # Free-running answers to every dev question: these settings, always greedy, with plain argmax
     # retrieval and (when the model has a calibrated τ) the threshold policy.
     generation: GenerationConfig = GenerationConfig()
-    batch_size: PositiveInt = 16  # questions decoded together
-    plain_lm_baseline: bool = True  # fine-tune λ_ret = 0 on the same rows: generation must not suffer
+    batch_size: PositiveInt = Field(16, description="dev questions decoded together")
+    plain_lm_baseline: bool = Field(
+        True, description="compare with a plain LM fine-tuned on the same rows (λ_ret = 0): generation must not suffer"
+    )
 
 
 class PromoteConfig(FrozenConfig):
-    metric: str = "free_evidence_recall"  # what users get: the gold pages the model retrieves while answering
-    greater_is_better: bool = True
-    min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by more than this
+    metric: str = Field("free_evidence_recall",
+                        description="the evaluate metric that decides (default: the gold pages the model retrieves while answering)")
+    greater_is_better: bool = Field(True, description="the metric's direction")
+    min_delta: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
 
 
 PLAIN_LM_SUFFIX = "-plain-lm"
 
 
 class PipelineConfig(FrozenConfig):
-    name: str = Field("onegen", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names the run everywhere
+    name: str = Field("onegen", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run everywhere")
     # "plain_lm": the baseline that evaluate compares generation with: the same prepared rows and
     # steps, next-token loss only (λ_ret = 0, no document rows), its own run, checkpoints and model.
-    variant: Literal["onegen", "plain_lm"] = "onegen"
+    variant: Literal["onegen", "plain_lm"] = Field("onegen", description="onegen, or the plain-LM baseline")
     storage: StorageConfig = StorageConfig()
     mlflow: MLflowConfig = MLflowConfig()
     data: DataConfig = DataConfig()

@@ -6,4 +6,5 @@
     inverse_cloze.py   self-supervised query → article examples
     negatives.py       hard negatives mined with MiniLM
     build.py           all of it → corpus / train / dev JSONL, re-validated, with counts
+    config.py          BuildConfig, build.py's options (no torch import: the CLI reads it)
 """

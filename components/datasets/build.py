@@ -21,29 +21,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field, NonNegativeInt, PositiveInt
-
-from components.config import FrozenConfig
 from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
+from components.datasets.config import BuildConfig
 from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, leaf_examples, leaf_question_id, read_dev
-from components.datasets.inverse_cloze import REDACT_RATE, ict_examples
+from components.datasets.inverse_cloze import ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
 
 QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")
-
-
-class BuildConfig(FrozenConfig):
-    dev_fraction: float = Field(0.5, ge=0, le=1)  # of FanOutQA questions; ICT rows are all train
-    negatives: NonNegativeInt = 3  # MiniLM hard negatives per FanOutQA hop (0: no MiniLM at all)
-    ict_limit: NonNegativeInt | None = None  # ICT examples; None: one per article
-    seed: int = 0  # ICT sentence, negative and sample choice; the FanOutQA split does not depend on it
-    ict_redact_rate: float = Field(REDACT_RATE, ge=0, le=1)  # of ICT rows whose sentence is cut from the article
-    # A seeded random sample of this many articles as the corpus (None: all of them), for small runs
-    # (tests). FanOutQA keeps the leaves whose page is in the sample, so nothing is chosen by label.
-    corpus_sample: PositiveInt | None = None
 
 
 @dataclass

@@ -21,12 +21,12 @@ import random
 
 from components.data.redaction import cut
 from components.data.schema import Document
+from components.datasets.config import REDACT_RATE
 from components.datasets.text import full_stop, sentences
 from components.datasets.vital_articles import VitalArticles
 from components.tokens import QUERY
 
 MIN_WORDS = 6  # shorter sentences ("He died in 1900.") rarely say which article they come from
-REDACT_RATE = 0.9  # of rows whose query sentence is cut out of the article (Lee et al., 2019: 90 %)
 
 
 def query_sentence(doc: Document, rng: random.Random) -> str:

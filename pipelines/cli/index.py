@@ -1,85 +1,126 @@
-"""`onegen index`: build a FAISS index of a corpus with a trained model, or search one.
+"""`onegen index`: the index stage as a Ray job, or build a FAISS index of a corpus with a trained
+model in-process, or search one.
 
-    onegen index --config PRESET [--address URL] [--no-wait]     the index stage, as a Ray job
-    onegen index build --model DIR --corpus JSONL --out DIR [--kind flat|ivf|hnsw] [--batch-size N]
+    onegen index --config PRESET [--<field>.<field> VALUE ...] [--address URL] [--no_wait]
+    onegen index build --model DIR --corpus JSONL --out DIR [--kind flat|ivf|hnsw] [--batch_size N] ...
     onegen index search --index DIR --model DIR "query text" [-k 5]
 
-`build` and `search` are the in-process path (components.retrieval.index.build_index); the stage
-(pipelines/index.py) builds the same index from vectors embedded by a Ray Data actor pool.
+`build` (its flags: IndexConfig's fields) and `search` are the in-process path
+(components.retrieval.index.build_index); the stage (pipelines/stages/index.py) builds the same
+index from vectors embedded by a Ray Data actor pool.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
-from typing import get_args
+from typing import Any, ClassVar
 
-from components.data.screening import load_corpus
-from components.model.onegen import OneGenModel
-from components.retrieval.index import DocumentIndex, IndexConfig, IndexFileError, IndexMismatchError, Kind, build_index
-from pipelines.local.jobs import add_submit_arguments, submit
+from pydantic import Field, PositiveInt
+from pydantic_settings import CliPositionalArg, CliSubCommand
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_submit_arguments(parser)  # with no ACTION, --config submits the stage
-    actions = parser.add_subparsers(dest="action", required=False, metavar="ACTION")
-    build = actions.add_parser("build", help="embed a corpus with a model and save its index")
-    build.add_argument("--model", type=Path, required=True, help="a OneGen model directory (save_pretrained)")
-    build.add_argument("--corpus", type=Path, required=True, help="documents JSONL, one {id, title, text} a line")
-    build.add_argument("--out", type=Path, required=True, help="directory to save the index in")
-    build.add_argument("--kind", choices=get_args(Kind), default="flat")
-    build.add_argument("--batch-size", type=int, default=64, help="documents embedded per forward pass")
-
-    search = actions.add_parser("search", help="print the documents nearest to a query")
-    search.add_argument("--index", type=Path, required=True, help="a directory written by `onegen index build`")
-    search.add_argument("--model", type=Path, required=True, help="the model that built the index")
-    search.add_argument("query")
-    search.add_argument("-k", type=int, default=5, help="number of hits")
+from components.config import IndexConfig
+from pipelines.cli.command import Command, UsageError, chosen
+from pipelines.cli.pipeline import OVERRIDES
+from pipelines.cli.stage import StageCommand
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.action is None:
-        if args.config is None:
-            print("onegen index: give --config PRESET (submit the stage) or an action: build, search", file=sys.stderr)
-            return 2
-        return submit("index", args.config, args.address, wait=not args.no_wait)
-    if args.config is not None:
-        print(f"onegen index {args.action}: runs in-process and takes no --config; drop it, or drop the action to submit the stage",
-              file=sys.stderr)
-        return 2
-    try:
-        return _build(args) if args.action == "build" else _search(args)
-    except (FileNotFoundError, IndexFileError, IndexMismatchError) as err:
-        print(f"onegen index {args.action}: {err}", file=sys.stderr)
-        return 1
+class InProcess(Command):
+    """An action on this machine; a missing or mismatched file is reported, exit code 1."""
+
+    action: ClassVar[str]
+
+    def run(self) -> int:
+        from components.retrieval.index import IndexFileError, IndexMismatchError
+
+        try:
+            return self.work()
+        except (FileNotFoundError, IndexFileError, IndexMismatchError) as err:
+            print(f"onegen index {self.action}: {err}", file=sys.stderr)
+            return 1
+
+    def work(self) -> int:
+        raise NotImplementedError(self.action)
 
 
-def _build(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    model = OneGenModel.from_pretrained(args.model)
-    corpus, report = load_corpus(args.corpus)
-    if report.quarantined:  # those documents are left out of the index: say so
-        print(f"warning: {report.summary()}", file=sys.stderr)
-    index = build_index(model, corpus, IndexConfig(kind=args.kind), args.batch_size)
-    index.save(args.out)
-    print(
-        f"indexed {index.ntotal} documents, dimension {index.dimension}, {index.kind}, "
-        f"in {time.perf_counter() - start:.1f}s -> {args.out}"
-    )
-    return 0
+class Build(InProcess, IndexConfig):
+    """Embed a corpus with a model and save its index."""
+
+    action = "build"
+
+    model: Path = Field(description="a OneGen model directory (save_pretrained)")
+    corpus: Path = Field(description="documents JSONL, one {id, title, text} a line")
+    out: Path = Field(description="directory to save the index in")
+    batch_size: PositiveInt | None = Field(None, description="documents embedded per forward pass; None: build_index's default")
+
+    def work(self) -> int:
+        from components.data.screening import load_corpus
+        from components.model.onegen import OneGenModel
+        from components.retrieval.index import build_index
+
+        start = time.perf_counter()
+        model = OneGenModel.from_pretrained(self.model)
+        corpus, report = load_corpus(self.corpus)
+        if report.quarantined:  # those documents are left out of the index: say so
+            print(f"warning: {report.summary()}", file=sys.stderr)
+        cfg = IndexConfig.model_validate(self.model_dump(include=set(IndexConfig.model_fields)))
+        index = build_index(model, corpus, cfg, **({"batch_size": self.batch_size} if self.batch_size else {}))
+        index.save(self.out)
+        print(
+            f"indexed {index.ntotal} documents, dimension {index.dimension}, {index.kind}, "
+            f"in {time.perf_counter() - start:.1f}s -> {self.out}"
+        )
+        return 0
 
 
-def _search(args: argparse.Namespace) -> int:
-    model = OneGenModel.from_pretrained(args.model)
-    index = DocumentIndex.load(args.index, expected_fingerprint=model.fingerprint())
-    vectors = model.embed_queries([args.query]).numpy()
-    for rank, hit in enumerate(index.search(vectors, args.k)[0], 1):
-        print(f"{rank}\t{hit.score:.4f}\t{hit.doc_id}\t{hit.title}\t{_snippet(hit.text)}")
-    return 0
+class Search(InProcess):
+    """Print the documents nearest to a query."""
+
+    action = "search"
+
+    index: Path = Field(description="a directory written by `onegen index build`")
+    model: Path = Field(description="the model that built the index")
+    query: CliPositionalArg[str] = Field(description="the query text")
+    k: PositiveInt = Field(5, description="number of hits")
+
+    def work(self) -> int:
+        from components.model.onegen import OneGenModel
+        from components.retrieval.index import DocumentIndex
+
+        model = OneGenModel.from_pretrained(self.model)
+        index = DocumentIndex.load(self.index, expected_fingerprint=model.fingerprint())
+        vectors = model.embed_queries([self.query]).numpy()
+        for rank, hit in enumerate(index.search(vectors, self.k)[0], 1):
+            print(f"{rank}\t{hit.score:.4f}\t{hit.doc_id}\t{hit.title}\t{_snippet(hit.text)}")
+        return 0
 
 
 def _snippet(text: str, width: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class Index(StageCommand):
+    """Submit the index job (Ray Data), or build/search an index in-process."""
+
+    stage = "index"
+
+    config: str | None = Field(None, description=f"submit the stage with a preset (tiny, smollm2-cpu, ...), a YAML file or an s3:// URI; {OVERRIDES}")  # fmt: skip
+    build: CliSubCommand[Build]
+    search: CliSubCommand[Search]
+
+    @classmethod
+    def run_cli(cls, values: dict[str, Any]) -> int:
+        action = chosen(values, ACTIONS)
+        if action is None:
+            if values.get("config") is None:
+                raise UsageError("give --config PRESET (submit the stage) or an action: build, search")
+            return super().run_cli(values)
+        given = [key for key, value in values.items() if key not in ACTIONS]
+        if given:
+            raise UsageError(f"{action} runs in-process and takes no --{given[0]}; drop it, or drop the action to submit the stage")  # fmt: skip
+        return ACTIONS[action].run_cli(values[action])
+
+
+ACTIONS: dict[str, type[InProcess]] = {"build": Build, "search": Search}

@@ -7,7 +7,6 @@ through Ray's job API: it prints the job id, streams the logs and exits non-zero
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from pathlib import Path
@@ -17,12 +16,6 @@ from pipelines.config import PipelineConfig, dump_config, load_config, resolve_l
 
 # Paths the job's working-directory upload leaves out: big, or this machine's own state.
 EXCLUDES = [".onegen", "data", "bench/results", "**/__pycache__"]  # .git and .venv: Ray leaves them out itself
-
-
-def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="a preset (tiny, smollm2-cpu, ...) or a YAML file")
-    parser.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard (RAY_ADDRESS of `onegen status`)")
-    parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
 
 
 def write_job_config(cfg: PipelineConfig, stage: str) -> str:

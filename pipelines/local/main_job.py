@@ -28,10 +28,11 @@ class MainReport:
     failed: str | None = None
 
 
-def run_main(preset: str, stack_config: Path | None = None) -> MainReport:
+def run_main(config: str | PipelineConfig, stack_config: Path | None = None) -> MainReport:
+    """The whole pipeline for `config`: a preset, a YAML file, or a config (with a user's flags)."""
     from pipelines.local.stack import StackConfig, up
 
-    cfg = resolve_local_paths(load_config(preset), Path.cwd())
+    cfg = resolve_local_paths(config if isinstance(config, PipelineConfig) else load_config(config), Path.cwd())
     report = MainReport(cfg)
     plan = [(stage, "onegen") for stage in STAGES]
     if cfg.evaluate.plain_lm_baseline:  # evaluate compares generation with it: train it first

@@ -49,20 +49,22 @@ PORT_FIELDS = ("ray_port", "dashboard_port", "ray_client_port", "dashboard_agent
 
 
 class StackConfig(FrozenConfig):
-    state_dir: Path = Path(".onegen")  # relative to the working directory
-    ray_port: Port = 6379  # Ray's GCS
-    dashboard_port: Port = 8265  # Ray's dashboard and jobs API: RAY_ADDRESS
+    state_dir: Path = Field(
+        Path(".onegen"), description="pid files, logs, MLflow db and artifacts, storage; relative to the working directory"
+    )
+    ray_port: Port = Field(6379, description="Ray's GCS")
+    dashboard_port: Port = Field(8265, description="Ray's dashboard and jobs API: RAY_ADDRESS")
     # Ray binds these two at fixed defaults: a second Ray on the machine (a test's, another
     # stack's) needs others, or its job submissions fail.
-    ray_client_port: Port = 10001
-    dashboard_agent_port: Port = 52365
-    mlflow_port: Port = 5000
+    ray_client_port: Port = Field(10001, description="Ray client server")
+    dashboard_agent_port: Port = Field(52365, description="Ray dashboard agent")
+    mlflow_port: Port = Field(5000, description="MLflow server: MLFLOW_TRACKING_URI")
     # Logical CPUs, not cores: with exactly 2, two 1-CPU Train workers leave nothing for Ray Data
     # and the job waits forever (STACK_NOTES). 4 leaves room on a 2-core machine.
-    num_cpus: PositiveInt = 4
-    ray_timeout_s: PositiveFloat = 120  # to a healthy dashboard; 7-19 s idle, more when busy
-    mlflow_timeout_s: PositiveFloat = 90  # to /health; 8-13 s idle (it migrates its db first)
-    stop_timeout_s: PositiveFloat = 30  # SIGTERM to SIGKILL
+    num_cpus: PositiveInt = Field(4, description="logical CPUs Ray schedules")
+    ray_timeout_s: PositiveFloat = Field(120, description="seconds to a healthy dashboard (7-19 s idle, more when busy)")
+    mlflow_timeout_s: PositiveFloat = Field(90, description="seconds to a healthy MLflow (8-13 s idle: it migrates its db first)")
+    stop_timeout_s: PositiveFloat = Field(30, description="seconds from SIGTERM to SIGKILL")
 
     @model_validator(mode="after")
     def _ports_differ(self) -> StackConfig:

@@ -252,7 +252,7 @@ def test_build_index_and_the_cli(tiny_model, small_corpus, tmp_path, capsys):
     assert index.fingerprint == tiny_model.fingerprint()
 
     out = tmp_path / "index"
-    assert main(["index", "build", "--model", str(model_dir), "--corpus", str(corpus_path), "--out", str(out), "--batch-size", "2"]) == 0
+    assert main(["index", "build", "--model", str(model_dir), "--corpus", str(corpus_path), "--out", str(out), "--batch_size", "2"]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]  # after any library's start-up chatter
     assert summary.startswith("indexed 4 documents, dimension 64, flat, in ") and str(out) in summary
     assert {p.name for p in out.iterdir()} == {INDEX_FILE, DOCUMENTS_FILE, MANIFEST_FILE}

@@ -45,5 +45,5 @@ def test_ask_json_carries_the_trace(saved, trained_tiny, capsys):
 def test_ask_reports_bad_input_without_a_traceback(saved, tmp_path, capsys):
     assert main(["ask", "q", "--model", str(tmp_path)]) == 2
     assert "not a OneGen model" in capsys.readouterr().err
-    assert main(["ask", "q", "--model", str(saved / "model"), "--max-new-tokens", "0"]) == 2
+    assert main(["ask", "q", "--model", str(saved / "model"), "--max_new_tokens", "0"]) == 2
     assert "max_new_tokens" in capsys.readouterr().err

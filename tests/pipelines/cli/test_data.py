@@ -48,7 +48,7 @@ def test_validate_prints_counts_and_quarantines_with_reasons(tmp_path, capsys):
 @pytest.mark.timeout(60)
 def test_validate_applies_max_length(tmp_path, capsys):
     corpus, examples = _jsonl(tmp_path / "corpus.jsonl", DOCS), _jsonl(tmp_path / "ex.jsonl", EXAMPLES[:1])
-    assert main(["data", "validate", "--examples", str(examples), "--corpus", str(corpus), "--max-length", "16"]) == 0
+    assert main(["data", "validate", "--examples", str(examples), "--corpus", str(corpus), "--max_length", "16"]) == 0
     assert "quarantined 1 (truncated_retrieval=1)" in capsys.readouterr().out
 
 
@@ -59,6 +59,6 @@ def test_unreadable_input_exits_1(tmp_path, capsys):
 
 
 def test_build_rejects_bad_options_before_doing_anything(tmp_path, capsys):
-    assert main(["data", "build", "--out", str(tmp_path / "out"), "--dev-fraction", "2"]) == 1
+    assert main(["data", "build", "--out", str(tmp_path / "out"), "--dev_fraction", "2"]) == 1
     assert "dev_fraction" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

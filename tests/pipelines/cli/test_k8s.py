@@ -65,7 +65,7 @@ def test_submit_train_exits_non_zero_when_the_job_fails(cluster, capsys):
 
 
 def test_submit_train_refuses_a_config_file_the_cluster_cannot_read(cluster, capsys):
-    code = onegen_k8s(cluster, "submit-train", "-f", RAYJOB, "--config", "my-run.yaml", "--no-wait")
+    code = onegen_k8s(cluster, "submit-train", "-f", RAYJOB, "--config", "my-run.yaml", "--no_wait")
     assert code == 1
     assert "the cluster cannot read a file on this machine" in capsys.readouterr().err
     assert stored_jobs(cluster) == []

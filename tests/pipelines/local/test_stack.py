@@ -77,7 +77,7 @@ def test_infra_stack_yaml_documents_the_defaults():
 def test_cli_flags_override_the_config_file(tmp_path, capsys):
     path = tmp_path / "stack.yaml"
     path.write_text("mlflow_port: 5555\ndashboard_port: 8266\n")
-    code = main(["status", "--config", str(path), "--state-dir", str(tmp_path / "s"), "--mlflow-port", "6001"])
+    code = main(["status", "--config", str(path), "--state_dir", str(tmp_path / "s"), "--mlflow_port", "6001"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1  # nothing runs there
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:6001" in out

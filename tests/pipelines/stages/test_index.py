@@ -116,13 +116,13 @@ def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
 
 
 def test_onegen_index_with_a_config_and_no_action_submits_the_stage(monkeypatch, capsys):
-    import pipelines.cli.index as command
+    import pipelines.cli.stage as command
     from pipelines.cli.main import main
 
     submitted = []
     monkeypatch.setattr(command, "submit", lambda *args, **kwargs: submitted.append((args, kwargs)) or 0)
-    assert main(["index", "--config", "tiny", "--no-wait"]) == 0
-    assert submitted == [(("index", "tiny", "http://127.0.0.1:8265"), {"wait": False})]
+    assert main(["index", "--config", "tiny", "--no_wait"]) == 0
+    assert submitted == [(("index", load_config("tiny"), "http://127.0.0.1:8265"), {"wait": False})]
     assert main(["index"]) == 2 and "--config PRESET" in capsys.readouterr().err
     assert main(["index", "--config", "tiny", "search", "--index", "i", "--model", "m", "q"]) == 2
-    assert submitted == [(("index", "tiny", "http://127.0.0.1:8265"), {"wait": False})]  # nothing more
+    assert submitted == [(("index", load_config("tiny"), "http://127.0.0.1:8265"), {"wait": False})]  # nothing more
