@@ -1,0 +1,1 @@
+"""The `onegen` console script: one module per command group, flags generated from the configs."""

@@ -1,0 +1,1 @@
+"""Checking the KubeRay manifests in k8s/ offline, against the CRD schemas and this checkout."""

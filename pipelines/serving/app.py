@@ -310,9 +310,11 @@ class OneGenServer:
                 code="context_length_exceeded",
             )
         r = body.retrieval
+        threshold = {"calibrated": self.current.model.retrieval_threshold, "argmax": None}.get(r.threshold, r.threshold)
         return GenerationConfig(
             max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
             stop=body.stops, retrieval=r.enabled, top_k=r.top_k, max_retrievals=r.max_retrievals,
+            retrieval_threshold=threshold,
         )
 
     def _check_model(self, name: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from components.config import GenerationConfig
 from components.generation.decoder import Hop
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
@@ -39,10 +40,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not silently ignored
 
 
+def _default(name: str):
+    return GenerationConfig.model_fields[name].default
+
+
 class RetrievalOptions(_Request):
-    enabled: bool = True
-    top_k: int = Field(1, ge=1, le=8)  # passages inserted per hop
-    max_retrievals: int = Field(4, ge=0, le=16)
+    enabled: bool = _default("retrieval")
+    top_k: int = Field(_default("top_k"), ge=1, le=8)  # passages inserted per hop
+    max_retrievals: int = Field(_default("max_retrievals"), ge=0, le=16)
+    # When to retrieve: "calibrated" uses the τ the model was calibrated with (plain argmax if it
+    # has none), "argmax" only when [RQ] is the likeliest token, a number is τ itself.
+    threshold: Annotated[float, Field(ge=0, le=1)] | Literal["calibrated", "argmax"] = "calibrated"
 
 
 class StreamOptions(_Request):

@@ -101,6 +101,21 @@ def test_streamed_chat_equals_the_unstreamed_answer_and_streams_the_hop(client, 
 
 
 @pytest.mark.timeout(300)
+def test_the_request_chooses_when_to_retrieve(client):
+    """`retrieval.threshold`: 0 retrieves at the first token (any P([RQ]) > 0); "argmax" is the
+    model's own choice; the served model has no calibrated τ, so "calibrated" is argmax too."""
+    def trace(threshold) -> list[int]:
+        out = client.chat.completions.create(model=NAME, messages=ask("green cat"), max_tokens=24, temperature=0,
+                                             extra_body={"retrieval": {"threshold": threshold, "max_retrievals": 1}})
+        return [h["step"] for h in out.model_extra["retrieval"]]
+
+    assert trace(0.0) == [0] and trace("argmax") == trace("calibrated") != [0]
+    bad = client.chat.completions.with_raw_response
+    with pytest.raises(openai.BadRequestError, match="threshold"):
+        bad.create(model=NAME, messages=ask("green cat"), extra_body={"retrieval": {"threshold": 1.5}})
+
+
+@pytest.mark.timeout(300)
 def test_completions_and_their_stream(client):
     prompt = "The red cat"
     out = client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0)
