@@ -40,8 +40,8 @@ def test_a_nested_flag_changes_that_one_field():
     ("tiny", ["--workers.deepspeed.zero_stage", "2"], {"workers__deepspeed__zero_stage": 2}),  # Literal[0, 1, 2, 3] from "2"
     ("llama2-7b-gpu", ["--workers.use_gpu", "false"], {"workers__use_gpu": False}),  # a preset's true turned off
     ("smollm2-cpu", ["--train.optim.grad_clip", "None"], {"train__optim__grad_clip": None}),
-    ("smollm2-cpu", ["--data.train", "x.jsonl", "--data.train", "fanoutqa_train.jsonl"],
-     {"data__train": ["x.jsonl", "fanoutqa_train.jsonl"]}),
+    ("smollm2-cpu", ["--data.train", "x.jsonl", "--data.train", "fanoutqa_train.jsonl", "--data.train", "leaves_train.jsonl"],
+     {"data__train": ["x.jsonl", "fanoutqa_train.jsonl", "leaves_train.jsonl"]}),
     ("tiny", ["--evaluate.ks", "[1, 3]", "--name", "007"], {"evaluate__ks": [1, 3], "name": "007"}),
     ("smollm2-cpu", ["--train.model.lora.r", "4"], {"train__model__lora__r": 4}),  # the rest of the preset's LoRA stays
 ])  # fmt: skip
