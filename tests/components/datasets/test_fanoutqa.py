@@ -1,0 +1,58 @@
+"""FanOutQA dev → walks and single sub-questions: answers rendered, leaves depth first, the text, positives and negatives."""
+
+from __future__ import annotations
+
+from components.data.schema import Example
+from components.datasets.fanoutqa import fanoutqa_examples, leaves, render
+from tests.components.datasets.samples import QUESTIONS, FirstOthers, kept_ids
+
+
+def test_render_each_answer_shape():
+    assert render("Right") == "Right"
+    assert render(["Pat Burrell", "Mark Mulder"]) == "Pat Burrell, Mark Mulder"
+    assert render({"Apple": 161000, "Microsoft": 238000}) == "Apple: 161000; Microsoft: 238000"
+    assert render({"died": [1871, "London"]}) == "died: 1871, London"
+    assert render(2.5) == "2.5" and render(True) == "True" and render(0) == "0"
+
+
+def test_leaves_are_walked_depth_first():
+    assert [x["id"] for x in leaves(QUESTIONS[0]["decomposition"])] == ["a", "b", "c1", "c2", "d"]
+
+
+def test_fanoutqa_example_text_positives_and_negatives():
+    miner = FirstOthers(kept_ids(), k=2)
+    rows = fanoutqa_examples(QUESTIONS, set(kept_ids()), miner)
+
+    assert [r["id"] for r in rows] == ["q-nested", "q-dc"]  # q-none has no in-corpus leaf
+    nested = rows[0]
+    assert nested["messages"] == [
+        {"role": "user", "content": "Where did the people behind the Analytical Engine live, and when?"},
+        {"role": "assistant", "content":
+            "Who wrote the first algorithm?[RQ] Ada Lovelace. "
+            "Which cities were they in?[RQ] London, Paris. "
+            "When was Babbage alive?[RQ] born: 1791; died: 1871, London. "
+            "How many engines were built?[RQ] 0."},
+    ]  # leaf "b" is not in the corpus: the final answer would state what was not retrieved
+    assert nested["positives"] == [["Ada Lovelace"], ["London"], ["Charles Babbage"], ["Analytical Engine"]]
+    assert nested["negatives"] == [
+        ["Charles Babbage", "Alan Turing"], ["Ada Lovelace", "Charles Babbage"],
+        ["Ada Lovelace", "Alan Turing"], ["Ada Lovelace", "Charles Babbage"],
+    ]
+    # The out-of-corpus leaf "b" is neither asked nor answered.
+    assert "journal" not in nested["messages"][1]["content"] and "Taylor" not in nested["messages"][1]["content"]
+    # One batch for all hops, in order, with their gold pages.
+    assert miner.calls == [(
+        ["Who wrote the first algorithm?", "Which cities were they in?", "When was Babbage alive?",
+         "How many engines were built?", "What is the capital of the United States?"],
+        ["Ada Lovelace", "London", "Charles Babbage", "Analytical Engine", "Washington, D.C."],
+    )]
+    for row in rows:
+        Example.model_validate(row)
+
+
+def test_an_answer_that_ends_with_a_period_gets_no_second_one():
+    """Also: every leaf of this question is in the corpus, so the final answer is written."""
+    rows = fanoutqa_examples(QUESTIONS[2:], set(kept_ids()), FirstOthers(kept_ids()))
+    assert rows[0]["messages"][1]["content"] == (
+        "What is the capital of the United States?[RQ] Washington, D.C. So the answer is: 1"
+    )
