@@ -14,12 +14,12 @@ train afresh, change `name` or delete the checkpoints.
 from __future__ import annotations
 
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.cache import cache_dir
 from components.data.screening import encode_examples, load_corpus
 from components.generation.threshold import Calibration, calibrate_model
 from components.model.base import materialize
@@ -32,10 +32,11 @@ from pipelines.stages.train_worker import build_model, train_loop
 
 
 def torch_extensions_dir() -> Path:
-    """Where JIT-compiled torch extensions (DeepSpeed ops) are kept: ~/.cache/onegen/torch_extensions.
-    Every worker is pointed at it (its runtime_env); infra/setup.sh compiles DeepSpeed's CPU comm
-    op into it once, so that no training run's first deepspeed.initialize spends a minute on it."""
-    return cache_dir() / "torch_extensions"
+    """Where JIT-compiled torch extensions (DeepSpeed's CPU comm op) are kept: inside the Python
+    environment (`<venv>/torch_extensions`), since they are built for its torch and compiler.
+    Every worker is pointed at it (its runtime_env); infra/setup.sh compiles the op once, so that
+    no training run's first deepspeed.initialize spends a minute on it, whatever the user cache."""
+    return Path(sys.prefix) / "torch_extensions"
 
 
 @dataclass
