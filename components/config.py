@@ -40,6 +40,10 @@ class LossConfig(FrozenConfig):
     temperature: float = Field(0.05, gt=0, description="InfoNCE only")
     lambda_gen: float = Field(1.0, ge=0, description="weight of the next-token loss")
     lambda_ret: float = Field(1.0, ge=0, description="weight of the retrieval loss (0: a plain LM)")
+    emission_weight: float = Field(
+        1.0, ge=1, description="the next-token loss at targets that are [RQ] counts this many times: a short run "
+                               "then learns when to retrieve (1: as every other token)"
+    )
     in_batch_negatives: bool = Field(
         True, description="the batch's other documents are negatives too; off: only each query's own hard negatives (the paper's BPR)"
     )

@@ -90,8 +90,11 @@ class Formatter:
         return self.text(self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
 
     def query(self, text: str) -> list[int]:
-        """A standalone query (`embed_queries`): the user asks, the assistant's first token is [RQ]."""
-        return [*self.prompt([{"role": "user", "content": text}]), self.query_id]
+        """A standalone query (`embed_queries`), as training rows ask one: the user asks, the
+        assistant restates it and emits [RQ]."""
+        prompt = [{"role": "user", "content": text}]
+        lead, _ = self._turn_edges(prompt)
+        return [*self.prompt(prompt), *self.text(lead), *self.text(text), self.query_id]
 
     def _turn_edges(self, prompt: list[dict]) -> tuple[str, str]:
         """Template text between the generation prompt and the answer, and after the answer."""

@@ -4,10 +4,14 @@ Open Domain QA"). Every article gets a query, so the retrieval loss sees the who
 just the few hundred pages FanOutQA asks about.
 
     user: "It is the largest city in the United Kingdom by population."
-    assistant: "[RQ] London."     (the passage is inserted after [RQ]; then the model names it)
+    assistant: "It is the largest city in the United Kingdom by population.[RQ] London."
+               (the passage is inserted after [RQ]; then the model names it)
 
-The query is formatted as `Formatter.query` formats a standalone one: the assistant's first token is
-[RQ]. The negative is another article of the same topic: related enough to be hard.
+The answer restates the query before it retrieves, as every hop of a FanOutQA walk writes its
+sub-question first and as `Formatter.query` formats a standalone query: one behaviour to learn,
+not two (a short run that saw "[RQ] Title." answers retrieved at once for every question, before
+writing anything, and then named titles). The negative is another article of the same topic:
+related enough to be hard.
 
 Left in the article, the sentence would let the model find it by copying; as Lee et al. do, most
 rows (`REDACT_RATE`) cut it out of the article wherever the row uses it (`Example.redact`: the
@@ -84,7 +88,7 @@ def ict_examples(articles: VitalArticles, limit: int | None = None, seed: int = 
         rows.append({
             "id": f"ict-{doc.id}",
             "messages": [{"role": "user", "content": query},
-                         {"role": "assistant", "content": f"{QUERY} {full_stop(doc.title or doc.id)}"}],
+                         {"role": "assistant", "content": f"{query}{QUERY} {full_stop(doc.title or doc.id)}"}],
             "positives": [[doc.id]],
             "negatives": [[negative]] if negative else [],
             "redact": redact,

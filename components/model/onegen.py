@@ -33,6 +33,9 @@ ONEGEN_CONFIG = "onegen.json"
 class Output:
     lm_loss: torch.Tensor  # mean cross-entropy over target tokens (0 when there are none)
     num_targets: int
+    # The part of lm_loss whose target is [RQ] (their cross-entropy summed, ÷ num_targets): the
+    # training loop may weigh it up (LossConfig.emission_weight) so the model learns *when* to retrieve.
+    emission_loss: torch.Tensor
     query_vectors: torch.Tensor  # [Q, H], unit norm
     doc_vectors: torch.Tensor  # [D, H], unit norm
 
@@ -83,28 +86,36 @@ class OneGenModel(nn.Module):
         """Post-norm last-layer states [B, T, H]: the decoder stack without the LM head."""
         return self.hf.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Next-token cross-entropy, the head applied only where position t+1 has a target."""
+    def target_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, target) of every position whose next token is a target, the head applied
+        only there."""
         targets = labels[:, 1:]
         keep = targets != IGNORE
-        n = int(keep.sum())
-        if n == 0:
-            return hidden.sum() * 0.0, 0
         logits = self.hf.get_output_embeddings()(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep]), n
+        return F.cross_entropy(logits.float(), targets[keep], reduction="none"), targets[keep]
+
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Mean next-token cross-entropy over the targets, and how many there were."""
+        losses, _ = self.target_losses(hidden, labels)
+        if losses.numel() == 0:
+            return hidden.sum() * 0.0, 0
+        return losses.mean(), losses.numel()
 
     def forward(self, batch: Batch) -> Output:
         if self.training:
             self._fingerprint = None  # the weights are changing
         hidden = self.hidden_states(batch.input_ids, batch.attention_mask)
-        lm_loss, n = self.lm_loss(hidden, batch.labels)
+        losses, targets = self.target_losses(hidden, batch.labels)
+        n = losses.numel()
+        lm_loss = losses.mean() if n else hidden.sum() * 0.0
+        emission = losses[targets == self.formatter.query_id].sum() / max(n, 1)
         queries = hidden[batch.query_rows, batch.query_cols]
         if batch.doc_input_ids.shape[0]:
             doc_hidden = self.hidden_states(batch.doc_input_ids, batch.doc_attention_mask)
             docs = doc_hidden[torch.arange(doc_hidden.shape[0], device=doc_hidden.device), batch.doc_last]
         else:
             docs = hidden.new_zeros((0, hidden.shape[-1]))
-        return Output(lm_loss, n, _unit(queries), _unit(docs))
+        return Output(lm_loss, n, emission, _unit(queries), _unit(docs))
 
     # -- standalone embedding (GritLM's lesson: the same weights are an embedding model) -------
 

@@ -127,7 +127,8 @@ def train(
         scored = gathered(out.query_vectors, out.doc_vectors, batch, loss_cfg, gather)  # a collective
         ret_loss = contrastive_loss(scored, loss_cfg)  # the global batch's mean: logged as it is
         loss = joint_loss(out.lm_loss, ret_loss, loss_cfg)
-        update(joint_loss(out.lm_loss, for_averaged_gradients(ret_loss, scored.workers), loss_cfg))
+        lm_loss = out.lm_loss + (loss_cfg.emission_weight - 1) * out.emission_loss  # [RQ] targets weighed up
+        update(joint_loss(lm_loss, for_averaged_gradients(ret_loss, scored.workers), loss_cfg))
         metrics = StepMetrics(
             step=step,
             loss=loss.item(),

@@ -69,10 +69,13 @@ def test_a_retrieval_that_truncation_would_cut_is_an_error(formatter, small_corp
     assert enc.truncated_tokens == 2 and len(enc.input_ids) == full - 2
 
 
-def test_standalone_query_is_the_prompt_then_rq(formatter):
+def test_standalone_query_is_asked_as_a_training_row_asks_it(formatter, small_corpus):
     ids = formatter.query("capital of France")
-    assert ids[-1] == formatter.query_id
-    assert ids[:-1] == formatter.prompt([{"role": "user", "content": "capital of France"}])
+    prompt = formatter.prompt([{"role": "user", "content": "capital of France"}])
+    assert ids[-1] == formatter.query_id and ids[: len(prompt)] == prompt
+    assert formatter.tokenizer.decode(ids[len(prompt):-1]).strip() == "capital of France"  # restated, then [RQ]
+    row = formatter.example(make_example("capital of France[RQ] Paris.", [["paris"]], prompt="capital of France"), small_corpus, 512)
+    assert row.input_ids[: row.query_positions[0] + 1] == ids  # the same tokens up to and with [RQ]
 
 
 def test_collator_pads_dynamically_to_a_multiple_of_8(formatter, small_corpus):

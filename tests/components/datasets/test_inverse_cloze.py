@@ -28,10 +28,10 @@ def test_ict_examples_are_deterministic_and_well_formed():
     ada = next(r for r in rows if r["positives"] == [["Ada Lovelace"]])
     assert ada["messages"] == [
         {"role": "user", "content": "She wrote the first published algorithm for the Analytical Engine."},
-        {"role": "assistant", "content": "[RQ] Ada Lovelace."},
+        {"role": "assistant", "content": "She wrote the first published algorithm for the Analytical Engine.[RQ] Ada Lovelace."},
     ]
     dc = next(r for r in rows if r["positives"] == [["Washington, D.C."]])
-    assert dc["messages"][1]["content"] == "[RQ] Washington, D.C."
+    assert dc["messages"][1]["content"] == f"{dc['messages'][0]['content']}[RQ] Washington, D.C."
     for row in rows:
         Example.model_validate(row)
         (doc_id,), = row["positives"]

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -25,6 +26,33 @@ def test_lm_loss_equals_hf_loss_on_the_same_labels(tiny_model, batch):
     ref = tiny_model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
     torch.testing.assert_close(out.lm_loss, ref)
     assert out.num_targets == int((batch.labels[:, 1:] != -100).sum())
+
+
+def test_the_emission_loss_is_the_rq_targets_share_of_the_lm_loss(tiny_model, batch):
+    out = tiny_model(batch)
+    logits = tiny_model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    targets = batch.labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    rq = targets == tiny_model.formatter.query_id
+    assert int(rq.sum()) == 3  # one target per [RQ] of the batch
+    torch.testing.assert_close(out.emission_loss, ce[rq].sum() / out.num_targets)
+
+
+def test_weighing_up_the_emission_loss_teaches_emitting_rq_sooner(tokenizer, small_corpus, batch):
+    from components.config import LossConfig
+    from components.model.base import tiny_llama
+    from components.model.train_loop import train
+
+    def p_rq_after(weight: float) -> float:
+        model = OneGenModel.build(tiny_llama(copy.deepcopy(tokenizer), seed=3), copy.deepcopy(tokenizer))
+        train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), [batch] * 5, LossConfig(emission_weight=weight), max_steps=5)
+        model.eval()
+        with torch.no_grad():
+            logits = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        rq = batch.labels[:, 1:] == model.formatter.query_id
+        return float(torch.softmax(logits[rq], dim=-1)[:, model.formatter.query_id].mean())
+
+    assert p_rq_after(20.0) > 2 * p_rq_after(1.0)
 
 
 def test_ret_vectors_are_post_norm_last_layer_states_at_the_ret_tokens(tiny_model, batch):
