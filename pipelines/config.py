@@ -136,8 +136,9 @@ class PipelineConfig(FrozenConfig):
         return Paths(self.storage.root.rstrip("/"), self.name, self.run_name)
 
     def plain_lm(self) -> PipelineConfig:
-        """This pipeline's plain-LM baseline (see `variant`)."""
-        loss = self.train.loss.model_copy(update={"lambda_ret": 0.0})
+        """This pipeline's plain-LM baseline (see `variant`): an ordinary fine-tune, so no retrieval
+        loss and no extra weight on the [RQ] targets."""
+        loss = self.train.loss.model_copy(update={"lambda_ret": 0.0, "emission_weight": 1.0})
         return self.model_copy(update={"variant": "plain_lm", "train": self.train.model_copy(update={"loss": loss})})
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from components.config import GenerationConfig
 from components.eval.metrics import evidence_recall
@@ -22,15 +23,17 @@ from components.retrieval.topk import top_k
 
 
 def answer(decoder: InStreamDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig,
-           batch_size: int = 16) -> list[Generation]:
+           batch_size: int = 16, progress: str | None = None) -> list[Generation]:
     """Every prompt answered; batches of similar prompt length decode together (a batch's
-    forwards are as wide as its longest pending chunk)."""
+    forwards are as wide as its longest pending chunk). `progress` names a tqdm bar."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Generation | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, generation in zip(chunk, decoder.generate([prompts[i] for i in chunk], cfg)):
-            out[i] = generation
+    with tqdm(total=len(prompts), desc=progress, unit="answer", disable=progress is None) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, generation in zip(chunk, decoder.generate([prompts[i] for i in chunk], cfg)):
+                out[i] = generation
+            bar.update(len(chunk))
     return out  # type: ignore[return-value]
 
 

@@ -12,7 +12,7 @@ speaks MLflow can also `mlflow.pyfunc.load_model(uri).predict(["a question", ...
 
 The pyfunc class is pickled by reference (`components.platform.registry.OneGenPyfunc`): loading needs this
 package importable, i.e. this repo's environment. The code is not bundled with `code_paths`:
-MLflow would put that copy first on sys.path for the rest of the process, where it would shadow
+MLflow would put that copy first on the import path for the rest of the process, where it would shadow
 the repo's own `components`.
 """
 

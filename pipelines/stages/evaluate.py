@@ -156,7 +156,7 @@ def free_running_block(model: OneGenModel, index: DocumentIndex, examples: Seque
     theirs = free_running.top_n(minilm_questions, minilm_docs, index.corpus.ids, [budget] * len(examples))
     metrics.update(free_running.summary("minilm_budget", theirs, gold))
     for name, gen_cfg in policies.items():
-        generations = free_running.answer(decoder, prompts, gen_cfg, cfg.evaluate.batch_size)
+        generations = free_running.answer(decoder, prompts, gen_cfg, cfg.evaluate.batch_size, progress=f"answering ({name})")
         ours = [free_running.retrieved(g) for g in generations]
         metrics.update(free_running.summary(name, ours, gold, generations))
         matched = free_running.top_n(minilm_questions, minilm_docs, index.corpus.ids, [len(o) for o in ours])

@@ -12,3 +12,11 @@ def test_the_paper_preset_uses_the_papers_bpr():
     """OneGen's BPR scores each query against its own hard negatives (components.config.LossConfig)."""
     loss = load_config("llama2-7b-gpu").train.loss
     assert loss.kind == "bpr" and not loss.in_batch_negatives
+
+
+def test_the_plain_lm_baseline_is_an_ordinary_fine_tune_of_the_same_preset():
+    cpu = load_config("smollm2-cpu")
+    plain = cpu.plain_lm()
+    assert cpu.train.loss.emission_weight > 1  # the preset weighs [RQ] targets up ...
+    assert plain.train.loss.lambda_ret == 0 and plain.train.loss.emission_weight == 1  # ... its baseline does not
+    assert plain.train.optim == cpu.train.optim and plain.data == cpu.data
