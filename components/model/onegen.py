@@ -96,18 +96,14 @@ class OneGenModel(nn.Module):
 
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean next-token cross-entropy over the targets, and how many there were."""
-        losses, _ = self.target_losses(hidden, labels)
-        if losses.numel() == 0:
-            return hidden.sum() * 0.0, 0
-        return losses.mean(), losses.numel()
+        return _mean_loss(self.target_losses(hidden, labels)[0], hidden)
 
     def forward(self, batch: Batch) -> Output:
         if self.training:
             self._fingerprint = None  # the weights are changing
         hidden = self.hidden_states(batch.input_ids, batch.attention_mask)
         losses, targets = self.target_losses(hidden, batch.labels)
-        n = losses.numel()
-        lm_loss = losses.mean() if n else hidden.sum() * 0.0
+        lm_loss, n = _mean_loss(losses, hidden)
         emission = losses[targets == self.formatter.query_id].sum() / max(n, 1)
         queries = hidden[batch.query_rows, batch.query_cols]
         if batch.doc_input_ids.shape[0]:
@@ -199,6 +195,13 @@ class OneGenModel(nn.Module):
         model._fingerprint = meta["fingerprint"] if lora is None else None
         model.retrieval_threshold = meta.get("retrieval_threshold")
         return model
+
+
+def _mean_loss(losses: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(mean, count) of per-target losses; with no target, a zero still tied to the graph."""
+    if losses.numel() == 0:
+        return hidden.sum() * 0.0, 0
+    return losses.mean(), losses.numel()
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
