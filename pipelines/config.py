@@ -102,8 +102,9 @@ class EvaluateConfig(FrozenConfig):
 
 
 class PromoteConfig(FrozenConfig):
-    metric: str = Field("free_evidence_recall",
-                        description="the evaluate metric that decides (default: the gold pages the model retrieves while answering)")
+    metric: str = Field("served_evidence_recall",
+                        description="the evaluate metric that decides (default: the gold pages the model retrieves while answering "
+                                    "with the server's default policy, τ when calibrated)")
     greater_is_better: bool = Field(True, description="the metric's direction")
     min_delta: float = Field(0.0, ge=0, description="a challenger must beat the champion by more than this")
 

@@ -9,7 +9,8 @@ sees, over the whole index the stage built (the corpus that is registered and se
                      (the question's gold pages among everything retrieved), questions answered
                      without retrieving, hops per answer; beside the pipeline a user would build
                      instead: MiniLM given the question, its top N with N = the answer's retrieval
-                     budget (max_retrievals × top_k), and N = what the model actually retrieved
+                     budget (max_retrievals × top_k), and N = what the model actually retrieved;
+                     served_evidence_recall is the server's default policy's (promote decides on it)
     answers          FanOutQA's loose and strict accuracy of the final answer, token F1 and EM
     LM loss          next-token loss on the dev walks, beside the plain-LM fine-tune's when there is one
     all of it ─▶ the model's MLflow run: metrics, recall_at_k.png, evaluation.json
@@ -168,6 +169,8 @@ def free_running_block(model: OneGenModel, index: DocumentIndex, examples: Seque
                          for e, g, gs, t, r in zip(examples, generations, gold, theirs, references)]
     if model.retrieval_threshold is not None:
         metrics["retrieval_threshold"] = model.retrieval_threshold
+    # What a user of the server gets by default (its `threshold` is "calibrated": τ when the model has one).
+    metrics["served_evidence_recall"] = metrics[f"{'free_tau' if model.retrieval_threshold is not None else 'free'}_evidence_recall"]
     return metrics, per_question
 
 

@@ -33,7 +33,7 @@ def restore(model):
     del model.hf.get_decoder().forward
 
 
-CFG = GenerationConfig(max_new_tokens=24, max_retrievals=2)
+CFG = GenerationConfig(max_new_tokens=24, max_retrievals=2, top_k=1)
 
 
 def test_pipeline_rag_re_prefills_the_whole_text_after_each_retrieval(setup):

@@ -55,7 +55,7 @@ def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
     model, index, prompts = random_setup
     decoder = InStreamDecoder(model, index)
     bias = {model.formatter.query_id: 8.0}  # this random model then searches at once, three times
-    out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=12, logit_bias=bias, max_retrievals=3))[0]
+    out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=12, logit_bias=bias, max_retrievals=3, top_k=1))[0]
     assert len(out.hops) == 3
     tokens = prompts[0] + out.stream
     positions = [i for i, t in enumerate(tokens) if t == model.formatter.query_id]
@@ -71,7 +71,8 @@ def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
 
 def test_a_trained_model_retrieves_the_gold_page_mid_answer(trained):
     tt, index, prompts = trained
-    out = InStreamDecoder(tt.model, index).generate(prompts[:12], GenerationConfig(max_new_tokens=24))
+    # one passage per hop, as the synthetic task was trained
+    out = InStreamDecoder(tt.model, index).generate(prompts[:12], GenerationConfig(max_new_tokens=24, top_k=1))
     first_hops = [g.hops[0].doc_ids[0] if g.hops else None for g in out]
     gold = [e.positives[0][0] for e in tt.examples[:12]]
     assert sum(a == b for a, b in zip(first_hops, gold)) >= 10
@@ -193,8 +194,8 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
         out = InStreamDecoder(model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
     finally:
         del model.hf.get_decoder().forward
-    passage = len(model.formatter.passage(index.corpus[out.hops[0].doc_ids[0]]))
-    # prompt; [RQ] (its state is the query: no extra pass); the passage in one chunk; then single tokens
+    passage = sum(len(model.formatter.passage(index.corpus[d])) for d in out.hops[0].doc_ids)
+    # prompt; [RQ] (its state is the query: no extra pass); the top_k passages in one chunk; then single tokens
     assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
 
 

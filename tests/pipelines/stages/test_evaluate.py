@@ -64,6 +64,7 @@ def stage_config(data_dir, root, tracking_uri: str, experiment: str, **evaluate)
     base["storage"] = {"root": str(root)}
     base["mlflow"] = {"tracking_uri": tracking_uri, "experiment": experiment}
     base["evaluate"].update({"max_length": 256, "plain_lm_baseline": True, **evaluate})
+    base["evaluate"]["generation"].update(top_k=1, max_retrievals=4)  # the synthetic task inserts one passage per hop
     return PipelineConfig.model_validate(base)
 
 
@@ -100,6 +101,7 @@ def test_evaluate_logs_retrieval_answers_and_loss_into_the_training_run(trained_
     # The threshold policy runs too, with the τ stored in the model.
     assert m["retrieval_threshold"] == pytest.approx(0.3) and len([a for a in report.answers if a["policy"] == "free_tau"]) == 33
     assert 0 <= m["free_tau_evidence_recall"] <= 1 and m["free_tau_hops_per_answer"] >= 0.9
+    assert m["served_evidence_recall"] == m["free_tau_evidence_recall"]  # the server's default: τ, as calibrated
     # Answers: FanOutQA's loose accuracy counts the reference name said (one string each here).
     names = [q["answer"] for q in fanoutqa_questions(trained_tiny.examples)]
     said = [name.lower() in a["answer"].lower() for name, a in zip(names, free)]

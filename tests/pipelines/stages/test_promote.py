@@ -29,7 +29,7 @@ from tests.conftest import synthetic_retrieval
 pytestmark = pytest.mark.timeout(180)
 
 EXPERIMENT = "promote-tests"
-METRIC = "free_evidence_recall"  # the default promote.metric
+METRIC = "served_evidence_recall"  # the default promote.metric
 
 
 def save_model_and_index(model: OneGenModel, corpus, root: Path) -> Path:
