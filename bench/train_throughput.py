@@ -1,6 +1,6 @@
 """P6 and P7: training throughput of SmolLM2-135M on the CPU, in-process (components only, no Ray,
 no DeepSpeed): `components.model.train_loop.train` with AdamW on real rows of data/train.jsonl in the
-smollm2-cpu preset's format (max_length 512, 48-token documents).
+smollm2-cpu preset's recipe: its format (max_length 512, its document view), its LoRA adapters.
 
     .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--seed 0]
         [--model smollm2] [--data data] [--out bench/results]
@@ -156,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(PRESET).train
     torch.manual_seed(0)
     lm, tokenizer = load_base(args.model)
-    model = OneGenModel.build(lm, tokenizer, cfg.model.format)
+    model = OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)  # what the preset trains
     n = args.batch_size * args.batches
     rows = encoded_rows(model, args.data, cfg.max_length, n, args.seed)
     chunks = [rows[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
     collate, pad = Collator(model.formatter.pad_id), model.formatter.pad_id
     joint = [collate(c) for c in chunks]
     loss = cfg.loss
-    common = {"device": device_string("cpu"), "model": f"{args.model} ({'SmolLM2-135M-Instruct, ' if args.model == 'smollm2' else ''}float32, full fine-tune)",
+    common = {"device": device_string("cpu"), "model": f"{args.model} ({'SmolLM2-135M-Instruct, ' if args.model == 'smollm2' else ''}float32, {'LoRA r=' + str(cfg.model.lora.r) if cfg.model.lora else 'full fine-tune'})",
               "command": command, "batch_size": args.batch_size, "steps_per_call": args.steps, "batches": args.batches,
               "reps": args.reps,
               "max_length": cfg.max_length, "rows": [r.id for r in rows],
