@@ -199,6 +199,39 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
     assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
 
 
+def test_a_passage_is_fed_apart_from_rows_decoding_one_token_with_the_same_result(random_setup, monkeypatch):
+    """One forward pads every row to the widest; a passage inserted into one answer must not make
+    the other rows of the batch pay for its width. Fed apart, everything else is unchanged."""
+    model, index, prompts = random_setup
+    rq = {model.formatter.query_id: 1e4}  # this row retrieves at once (then [RQ] is suppressed)
+    configs = [GenerationConfig(max_new_tokens=12, logit_bias=rq), GenerationConfig(max_new_tokens=12, retrieval=False),
+               GenerationConfig(max_new_tokens=12, logit_bias=rq, top_k=2), GenerationConfig(max_new_tokens=7)]
+    chosen = prompts[:4]
+    shapes = []
+    decoder_forward = model.hf.get_decoder().forward
+
+    def spy(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return decoder_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.hf.get_decoder(), "forward", spy)
+    runs = {}
+    for split in (False, True):
+        shapes.clear()
+        runs[split] = (InStreamDecoder(model, index, split_prefill=split).generate(chosen, configs), list(shapes))
+    (joint, joint_shapes), (apart, apart_shapes) = runs[False], runs[True]
+    alone = [InStreamDecoder(model, index).generate([p], c)[0] for p, c in zip(chosen, configs)]
+    for a, b, c in zip(joint, apart, alone):
+        assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason) == (c.generated, c.stream, c.finish_reason)
+        for ha, hb in zip(a.hops, b.hops):
+            assert ha.doc_ids == hb.doc_ids and float(ha.vector @ hb.vector) >= 0.9999
+    assert [len(g.hops) for g in apart] == [1, 0, 1, 0]
+    # Fed apart: the passages went through a forward of the retrieving rows only.
+    assert max(w for b, w in joint_shapes[1:]) > 1 and all(b == 4 for b, w in joint_shapes[1:4])
+    assert all(b <= 2 for b, w in apart_shapes[1:] if w > 1)
+    assert sum(b * w for b, w in apart_shapes) < sum(b * w for b, w in joint_shapes)
+
+
 def test_compacting_the_cache_changes_nothing_but_its_width(trained, monkeypatch):
     import components.generation.decoder as decoder_module
 
