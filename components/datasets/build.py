@@ -2,7 +2,8 @@
 
     corpus.jsonl                          the vital articles, one Document per line
     train.jsonl, dev.jsonl                every example of each split
-    fanoutqa_train.jsonl, fanoutqa_dev.jsonl, ict_train.jsonl   the same rows, per source
+    fanoutqa_train.jsonl, fanoutqa_dev.jsonl, leaves_train.jsonl, questions_train.jsonl,
+    ict_train.jsonl                       the same rows, per source
     minilm_corpus.npy / .json             MiniLM's corpus matrix, reused by later stages
     quarantine.jsonl                      rows that failed, with the reason (only if any did)
     stats.json                            counts per source, per file and per split
@@ -25,7 +26,14 @@ from components.data.corpus import Corpus
 from components.data.schema import Example
 from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
 from components.datasets.config import BuildConfig
-from components.datasets.fanoutqa import NegativeMiner, fanoutqa_examples, leaf_examples, leaf_question_id, read_dev
+from components.datasets.fanoutqa import (
+    NegativeMiner,
+    fanoutqa_examples,
+    leaf_examples,
+    question_examples,
+    read_dev,
+    source_question_id,
+)
 from components.datasets.inverse_cloze import ict_examples
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
 
@@ -127,14 +135,17 @@ def build_datasets(
     if miner is None:
         miner = minilm_miner(articles, config.negatives, out) if config.negatives else no_negatives
     questions = questions if questions is not None else read_dev()
+    walks = fanoutqa_examples(questions, corpus, miner)
     rows = {
-        "fanoutqa": fanoutqa_examples(questions, corpus, miner),
+        "fanoutqa": walks,
         "fanoutqa_leaves": leaf_examples(questions, corpus, miner),
+        "fanoutqa_questions": question_examples(walks, questions, miner),
         "ict": ict_examples(articles, config.ict_limit, config.seed, config.ict_redact_rate),
     }
     described = {
         "fanoutqa": f"fanoutqa dev, the {len(rows['fanoutqa'])} of {len(questions)} questions with a leaf in the corpus",
         "fanoutqa_leaves": f"fanoutqa dev sub-questions asked alone, the {len(rows['fanoutqa_leaves'])} whose page is in the corpus",
+        "fanoutqa_questions": f"fanoutqa dev questions as one query, {len(rows['fanoutqa_questions'])} rows (one per gold page)",
         "ict": f"inverse cloze, a sentence of {len(rows['ict'])} of {len(articles.documents)} articles",
     }
     check = example_check(corpus)  # one check for all sources: ids are unique across them
@@ -146,11 +157,12 @@ def build_datasets(
     parts = {
         "fanoutqa_train": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "train"],
         "fanoutqa_dev": [e for e in kept["fanoutqa"] if split_of(e.id, config.dev_fraction) == "dev"],
-        # A leaf is in the split of its question: a dev question's sub-questions are never trained on.
-        "leaves_train": [e for e in kept["fanoutqa_leaves"] if split_of(leaf_question_id(e.id), config.dev_fraction) == "train"],
+        # A leaf or whole-question row is in the split of its question: nothing of a dev question is trained on.
+        "leaves_train": [e for e in kept["fanoutqa_leaves"] if split_of(source_question_id(e.id), config.dev_fraction) == "train"],
+        "questions_train": [e for e in kept["fanoutqa_questions"] if split_of(source_question_id(e.id), config.dev_fraction) == "train"],
         "ict_train": kept["ict"],
     }
-    parts["train"] = parts["fanoutqa_train"] + parts["leaves_train"] + parts["ict_train"]
+    parts["train"] = parts["fanoutqa_train"] + parts["leaves_train"] + parts["questions_train"] + parts["ict_train"]
     parts["dev"] = parts["fanoutqa_dev"]
     for name, examples in parts.items():
         path = out / f"{name}.jsonl"

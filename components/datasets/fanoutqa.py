@@ -94,11 +94,6 @@ def fanoutqa_examples(questions: list[dict], corpus_ids: Container[str], mine: N
 LEAF = "-leaf"  # a leaf example's id: <question id>-leaf<n>
 
 
-def leaf_question_id(example_id: str) -> str:
-    """The FanOutQA question a leaf example comes from (its split is the question's)."""
-    return example_id.rsplit(LEAF, 1)[0]
-
-
 def leaf_examples(questions: list[dict], corpus_ids: Container[str], mine: NegativeMiner) -> list[dict]:
     """Each in-corpus leaf asked alone, as a user would ask a plain factual question; the answer
     restates it, retrieves, and answers, one hop of a walk:
@@ -119,6 +114,47 @@ def leaf_examples(questions: list[dict], corpus_ids: Container[str], mine: Negat
         }
         for (q, n, leaf), negs in zip(leaves_of, negatives)
     ]
+
+
+QUESTION = "-question"  # a whole-question example's id: <question id>-question<n>
+
+
+def source_question_id(example_id: str) -> str:
+    """The FanOutQA question a leaf or whole-question example comes from (its split is the question's)."""
+    return example_id.rsplit(LEAF, 1)[0].rsplit(QUESTION, 1)[0]
+
+
+def question_examples(walks: Sequence[dict], questions: Sequence[dict], mine: NegativeMiner) -> list[dict]:
+    """The user's question itself as the query: the answer restates it, retrieves once, and then
+    writes the walk's reasoning and answer without further retrieval:
+
+        user: "Who were the first 5 picks in the 1998 MLB Draft, and their batting hands?"
+        assistant: "Who were ... batting hands?[RQ] Who were the first 5 picks ...? Pat Burrell, ....
+                    What is the batting hand of Pat Burrell? Right. ... So the answer is: ..."
+
+    Every gold page of the question answers that one query. The loss scores a query against one
+    target (the others are only kept out of its negatives), so a question with n distinct pages
+    gives n rows, each targeting another page first: together they pull the query towards all of
+    them. This is the query the server's default (one retrieval of the top k) asks, and the one
+    the walks never train: their first query is the first sub-question.
+
+    `walks` are `fanoutqa_examples` rows (their pages are the question's in-corpus leaves)."""
+    by_id = {q["id"]: q for q in questions}
+    asked = [by_id[w["id"]]["question"] for w in walks]
+    mined = mine(asked, [w["positives"][0][0] for w in walks])
+    rows = []
+    for walk, question, negatives in zip(walks, asked, mined):
+        pages = list(dict.fromkeys(ids[0] for ids in walk["positives"]))
+        reasoning = walk["messages"][-1]["content"].replace(QUERY, "")
+        for n in range(len(pages)):
+            rows.append({
+                "id": f"{walk['id']}{QUESTION}{n}",
+                "messages": [{"role": "user", "content": question},
+                             {"role": "assistant", "content": f"{question}{QUERY} {reasoning}"}],
+                "positives": [pages[n:] + pages[:n]],
+                "negatives": [[d for d in negatives if d not in pages]],
+            })
+    return rows
 
 
 def question_leaves(examples: Sequence, questions: Sequence[dict], corpus_ids: Container[str]) -> dict[str, list[dict]]:

@@ -4,10 +4,8 @@ build from the real installed packages."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from components.data.screening import ScreenReport, iter_examples, load_corpus
@@ -36,14 +34,17 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     corpus, corpus_report = load_corpus(tmp_path / "corpus.jsonl")
     assert corpus.ids == kept_ids() and corpus_report.quarantined == 0
     read = {}
-    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "leaves_train", "ict_train"):
+    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "leaves_train", "questions_train", "ict_train"):
         screen = ScreenReport(source=name)
         read[name] = list(iter_examples(tmp_path / f"{name}.jsonl", corpus, screen))
         assert screen.quarantined == 0, name
     ids = {name: {e.id for e in examples} for name, examples in read.items()}
-    assert ids["train"] == ids["fanoutqa_train"] | ids["leaves_train"] | ids["ict_train"] and ids["dev"] == ids["fanoutqa_dev"]
-    # Each in-corpus leaf of a training question is asked alone; a dev question's leaves never are.
+    parts = ids["fanoutqa_train"] | ids["leaves_train"] | ids["questions_train"] | ids["ict_train"]
+    assert ids["train"] == parts and ids["dev"] == ids["fanoutqa_dev"]
+    # Each in-corpus leaf of a training question is asked alone, and the question is asked as one
+    # query once per gold page; nothing of a dev question is.
     assert ids["leaves_train"] == {f"q-nested-leaf{n}" for n in range(4)} and ids["fanoutqa_train"] == {"q-nested"}
+    assert ids["questions_train"] == {f"q-nested-question{n}" for n in range(4)}
     first = next(e for e in read["leaves_train"] if e.id == "q-nested-leaf0")
     assert first.prompt[0].content == "Who wrote the first algorithm?" and first.positives == [["Ada Lovelace"]]
     assert first.answer == "Who wrote the first algorithm?[RQ] Ada Lovelace."
@@ -57,14 +58,14 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     assert stats["sources"]["fanoutqa"]["kept"] == 2 and stats["sources"]["ict"]["kept"] == 7
     fanout_hops = stats["files"]["fanoutqa_train.jsonl"]["hops"] + stats["files"]["fanoutqa_dev.jsonl"]["hops"]
     assert fanout_hops == 5  # 4 in-corpus leaves of q-nested + 1 of q-dc
-    assert stats["sources"]["fanoutqa_leaves"]["kept"] == 5
-    assert stats["splits"]["train"]["examples"] + stats["splits"]["dev"]["examples"] == 13
+    assert stats["sources"]["fanoutqa_leaves"]["kept"] == 5 and stats["sources"]["fanoutqa_questions"]["kept"] == 5
+    assert stats["splits"]["train"]["examples"] + stats["splits"]["dev"]["examples"] == 17
     assert stats["config"] == BuildConfig(dev_fraction=0.5).model_dump()
     # The one quarantined row is the blank article, with its reason.
     (record,) = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     assert record["kind"] == "empty_text" and record["raw"]["id"] == "Blank"
     assert "summaries_en-us.json: read 8 = kept 7 + quarantined 1 (empty_text=1)" in report.summary()
-    assert "train.jsonl: read 12 = kept 12 + quarantined 0, 15 [RQ]" in report.summary()
+    assert "train.jsonl: read 16 = kept 16 + quarantined 0, 19 [RQ]" in report.summary()
 
 
 @pytest.mark.timeout(60)
@@ -96,43 +97,24 @@ def test_build_rejects_bad_options(tmp_path):
 
 # --- the real sources -----------------------------------------------------------------------------
 
-@pytest.fixture
-def minilm_cache(request, tmp_path):
-    """Embedding the 10,033 articles takes 30-100 s on 2 cores; the build caches the matrix keyed by
-    exactly what was embedded, so the matrix a previous run made is handed to this one (a stale
-    one is ignored by the build) and saved for the next."""
-    from components.retrieval.minilm import MATRIX_FILE, MATRIX_META
-
-    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
-    if cache is None:
-        yield tmp_path
-        return
-    keep = cache.mkdir("minilm_corpus")
-    for name in (MATRIX_FILE, MATRIX_META):
-        if (keep / name).is_file():
-            shutil.copy(keep / name, tmp_path / name)
-    yield tmp_path
-    for name in (MATRIX_FILE, MATRIX_META):
-        if (tmp_path / name).is_file():
-            shutil.copy(tmp_path / name, keep / name)
-
-
 @pytest.mark.real_model
-@pytest.mark.timeout(300)  # ~15 s with a cached MiniLM matrix; the first run embeds (30-100 s)
-def test_build_from_the_installed_packages(minilm_cache):
-    tmp_path = minilm_cache
-    report = build_datasets(tmp_path, BuildConfig(ict_limit=20))
+@pytest.mark.timeout(300)
+def test_build_from_the_installed_packages(tmp_path):
+    """The whole corpus and every FanOutQA question, without MiniLM: embedding the 10,033 articles
+    for hard negatives takes 30-100 s on 2 cores, and the real miner runs in tests/e2e (on a
+    sampled corpus) and in every main job."""
+    report = build_datasets(tmp_path, BuildConfig(ict_limit=20, negatives=0))
 
     corpus, corpus_report = load_corpus(tmp_path / "corpus.jsonl")
     assert len(corpus) == report.sources["vital_articles"].kept == 10_033 and corpus_report.quarantined == 0
     hops = {}
-    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "ict_train"):
+    for name in ("train", "dev", "fanoutqa_train", "fanoutqa_dev", "leaves_train", "questions_train", "ict_train"):
         screen = ScreenReport(source=name)
         examples = list(iter_examples(tmp_path / f"{name}.jsonl", corpus, screen))
         assert screen.quarantined == 0 and screen.kept == len(examples) > 0, name
         hops[name] = sum(len(e.positives) for e in examples)
-        assert all(len(neg) == 3 for e in examples if not e.id.startswith("ict-") for neg in e.negatives)
     assert hops["fanoutqa_train"] + hops["fanoutqa_dev"] == 558  # every in-corpus leaf of FanOutQA dev
+    assert hops["leaves_train"] == hops["questions_train"] == hops["fanoutqa_train"]  # one per training leaf, one per gold page
     assert report.files["ict_train.jsonl"].screen.kept == 20
     assert not (tmp_path / "quarantine.jsonl").exists()
-    assert np.load(tmp_path / "minilm_corpus.npy").shape == (10_033, 384)
+    assert not (tmp_path / "minilm_corpus.npy").exists()

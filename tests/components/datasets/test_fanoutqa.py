@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.data.schema import Example
-from components.datasets.fanoutqa import fanoutqa_examples, leaves, render
+from components.datasets.fanoutqa import fanoutqa_examples, leaves, question_examples, render, source_question_id
 from tests.components.datasets.samples import QUESTIONS, FirstOthers, kept_ids
 
 
@@ -56,3 +56,31 @@ def test_an_answer_that_ends_with_a_period_gets_no_second_one():
     assert rows[0]["messages"][1]["content"] == (
         "What is the capital of the United States?[RQ] Washington, D.C. So the answer is: 1"
     )
+
+
+def test_a_whole_question_row_per_gold_page_each_targeting_another_first():
+    miner = FirstOthers(kept_ids(), k=3)
+    walks = fanoutqa_examples(QUESTIONS, set(kept_ids()), miner)
+    rows = question_examples(walks, QUESTIONS, miner)
+
+    pages = ["Ada Lovelace", "London", "Charles Babbage", "Analytical Engine"]
+    nested = [r for r in rows if source_question_id(r["id"]) == "q-nested"]
+    assert [r["id"] for r in nested] == [f"q-nested-question{n}" for n in range(4)]
+    # Each row's target (the first positive) is another page; the rest stay acceptable positives.
+    assert [r["positives"] for r in nested] == [[pages[n:] + pages[:n]] for n in range(4)]
+    question = "Where did the people behind the Analytical Engine live, and when?"
+    assert nested[0]["messages"] == [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content":
+            f"{question}[RQ] Who wrote the first algorithm? Ada Lovelace. Which cities were they in? London, Paris. "
+            "When was Babbage alive? born: 1791; died: 1871, London. How many engines were built? 0."},
+    ]
+    # Mined for the question itself; no gold page of the question is ever a negative.
+    assert miner.calls[-1] == (
+        [question, "What is the US capital?"], ["Ada Lovelace", "Washington, D.C."],
+    )
+    assert all(r["negatives"] == [["Alan Turing"]] for r in nested)
+    dc = [r for r in rows if source_question_id(r["id"]) == "q-dc"]
+    assert [r["positives"] for r in dc] == [[["Washington, D.C."]]]
+    for row in rows:
+        Example.model_validate(row)
