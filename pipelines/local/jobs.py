@@ -20,19 +20,13 @@ EXCLUDES = [".onegen", "data", "bench/results", "**/__pycache__"]  # .git and .v
 
 def write_job_config(cfg: PipelineConfig, stage: str) -> str:
     """The config the job reads, with this machine's relative paths made absolute (the job runs in
-    a copy of the working directory): under the storage root when that is remote (a remote
-    cluster reads it there), else under .onegen/jobs. Kept for the record either way."""
+    a copy of the working directory), written under the run's storage root (`<root>/jobs/`), where
+    the cluster reads it when the root is remote. Kept for the record either way."""
     from components.platform import storage
 
-    name = f"{cfg.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-    if storage.is_remote(cfg.storage.root):
-        location = f"{cfg.paths.root}/jobs/{name}"
-        storage.write_bytes(location, dump_config(cfg).encode(), cfg.storage.s3_endpoint_url)
-        return location
-    path = REPO / ".onegen" / "jobs" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_config(cfg))
-    return str(path)
+    location = f"{cfg.paths.root}/jobs/{cfg.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    storage.write_bytes(location, dump_config(cfg).encode(), cfg.storage.s3_endpoint_url)
+    return location
 
 
 def submit(stage: str, config: str | PipelineConfig, address: str, wait: bool = True) -> int:

@@ -106,12 +106,13 @@ def test_the_app_follows_champion_without_dropping_a_request_in_flight(ray_clust
         while version(url) != "2":
             time.sleep(0.2)
         switched_at = time.time()
+        expected = answer(first, LONG)  # computed while the request is still streaming: the wait overlaps
         reader.join(300)
 
         assert finished["status"] == 200 and finished["at"] > switched_at  # in flight across the switch
         chunks = [json.loads(line[len("data: "):]) for line in streamed]
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
-        assert text == answer(first, LONG)  # finished on the version it started on
+        assert text == expected  # finished on the version it started on
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
         after = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={**body, "stream": False, "max_tokens": 24}).json()
         assert after["choices"][0]["message"]["content"] == answer(second, 24) != answer(first, 24)
