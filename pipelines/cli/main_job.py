@@ -17,7 +17,7 @@ class MainJob(PipelineCommand):
     """Run the whole pipeline on this machine (the README's first command)."""
 
     config: str = Field(
-        "smollm2-cpu", description=f"a preset (smollm2-cpu: ~13 min; smollm2-cpu-long: ~1 hour), a YAML file or an s3:// URI; {OVERRIDES}"
+        "smollm2-cpu", description=f"a preset (on 2 CPU cores: smollm2-cpu ~40 min; smollm2-cpu-long, which also trains the plain-LM baseline, over 2 hours), a YAML file or an s3:// URI; {OVERRIDES}"
     )
     stack_config: Path = Field(Path("infra/stack.yaml"), description="the local stack's ports and state dir, if the file exists")
 
