@@ -277,6 +277,35 @@ def rounded(x: Any, digits: int = 4) -> Any:
     return x
 
 
+# -- a trained model's benchmarks --------------------------------------------------------------
+
+
+def add_trained_model_args(parser) -> None:
+    """--model, --index and --data: a main job's outputs, for benchmarks that run the trained model."""
+    parser.add_argument("--model", required=True, help="a trained model directory (the train stage's paths.model)")
+    parser.add_argument("--index", required=True, help="its index directory (the index stage's paths.index)")
+    parser.add_argument("--data", default="data", help="the `onegen data build` directory")
+
+
+def load_trained(model_dir: str, index_dir: str):
+    """The model, in eval mode, and its index (refused if another model built it)."""
+    from components.model.onegen import OneGenModel
+    from components.retrieval.index import DocumentIndex
+
+    model = OneGenModel.from_pretrained(model_dir).eval()
+    return model, DocumentIndex.load(index_dir, expected_fingerprint=model.fingerprint())
+
+
+def example_rows(data_dir: str | Path, split: str, sample: int | None = None) -> list[dict]:
+    """The rows of `<data_dir>/<split>.jsonl`; a seeded random sample of `sample` of them when there are more."""
+    rows = [json.loads(line) for line in Path(data_dir, f"{split}.jsonl").read_text().splitlines()]
+    if sample is not None and sample < len(rows):
+        import random
+
+        rows = random.Random(0).sample(rows, sample)
+    return rows
+
+
 # -- results -----------------------------------------------------------------------------------
 
 

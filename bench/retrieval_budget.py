@@ -14,18 +14,22 @@ random sample of N questions (time), said in the JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import time
-from pathlib import Path
 
-from bench.common import RESULTS_DIR, command_line, device_string, write_result, write_results_md
+from bench.common import (
+    RESULTS_DIR,
+    add_trained_model_args,
+    command_line,
+    device_string,
+    example_rows,
+    load_trained,
+    write_result,
+    write_results_md,
+)
 from components.config import GenerationConfig
 from components.eval import free_running
 from components.generation.decoder import InStreamDecoder
-from components.model.onegen import OneGenModel
-from components.retrieval.index import DocumentIndex
 from components.retrieval.minilm import MiniLMRetriever
 from pipelines.stages.evaluate import minilm_corpus
 
@@ -38,9 +42,7 @@ def policy(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a trained model directory (the train stage's paths.model)")
-    parser.add_argument("--index", required=True, help="its index directory (the index stage's paths.index)")
-    parser.add_argument("--data", default="data", help="the `onegen data build` directory")
+    add_trained_model_args(parser)
     parser.add_argument("--split", default="fanoutqa_train", help="the example file whose questions are answered")
     parser.add_argument("--policies", nargs="+", default=["4x1", "2x2", "1x4"], help="max_retrievals x top_k")
     parser.add_argument("--questions", type=int, default=None, help="a seeded random sample of this many questions")
@@ -49,11 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
-    model = OneGenModel.from_pretrained(args.model).eval()
-    index = DocumentIndex.load(args.index, expected_fingerprint=model.fingerprint())
-    rows = [json.loads(line) for line in Path(args.data, f"{args.split}.jsonl").read_text().splitlines()]
-    if args.questions is not None and args.questions < len(rows):
-        rows = random.Random(0).sample(rows, args.questions)
+    model, index = load_trained(args.model, args.index)
+    rows = example_rows(args.data, args.split, args.questions)
     questions = [r["messages"][0]["content"] for r in rows]
     gold = [{d for ids in r["positives"] for d in ids} for r in rows]
     retriever = MiniLMRetriever()

@@ -16,23 +16,27 @@ batch with no passage at all (reported as `no_retrieval_s`): feeding apart canno
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
-from pathlib import Path
 
-from bench.common import RESULTS_DIR, command_line, device_string, interleave, timed, write_result, write_results_md
+from bench.common import (
+    RESULTS_DIR,
+    add_trained_model_args,
+    command_line,
+    device_string,
+    example_rows,
+    interleave,
+    load_trained,
+    timed,
+    write_result,
+    write_results_md,
+)
 from components.config import GenerationConfig
 from components.generation.decoder import InStreamDecoder
-from components.model.onegen import OneGenModel
-from components.retrieval.index import DocumentIndex
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a trained model directory (the train stage's paths.model)")
-    parser.add_argument("--index", required=True, help="its index directory (the index stage's paths.index)")
-    parser.add_argument("--data", default="data", help="the `onegen data build` directory")
+    add_trained_model_args(parser)
     parser.add_argument("--questions", type=int, default=16, help="batch size: a seeded random sample of dev questions")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
@@ -40,10 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
-    model = OneGenModel.from_pretrained(args.model).eval()
-    index = DocumentIndex.load(args.index, expected_fingerprint=model.fingerprint())
-    rows = [json.loads(line) for line in Path(args.data, "fanoutqa_dev.jsonl").read_text().splitlines()]
-    rows = random.Random(0).sample(rows, min(args.questions, len(rows)))
+    model, index = load_trained(args.model, args.index)
+    rows = example_rows(args.data, "fanoutqa_dev", args.questions)
     prompts = [model.formatter.prompt(r["messages"][:1]) for r in rows]
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, retrieval_threshold=model.retrieval_threshold)
 

@@ -229,27 +229,25 @@ class InStreamDecoder:
         exactly as one forward would have left them: each row's new slots right-aligned, the
         narrower groups' extra slots masked padding (zeros, never attended)."""
         old = mask.shape[1]
-        fed = []
+        fed = []  # per group: its rows, their last states, their new mask slots, their cache slice
         for group in groups:
             index = torch.tensor(group, device=mask.device)
             part = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
             hidden, part_mask = self._feed([live[b] for b in group], part, mask[index])
-            fed.append((index, hidden, part_mask, part))
-        width = max(part_mask.shape[1] for _, _, part_mask, _ in fed) - old
+            fed.append((index, hidden, part_mask[:, old:], part))
+        width = max(new.shape[1] for _, _, new, _ in fed)
         merged_mask = torch.cat([mask, mask.new_zeros((len(live), width))], dim=1)
         hidden = fed[0][1].new_empty((len(live), fed[0][1].shape[1]))
-        for index, part_hidden, part_mask, _ in fed:
-            new = part_mask.shape[1] - old
-            merged_mask[index, old + width - new :] = part_mask[:, old:]
+        for index, part_hidden, new, _ in fed:
+            merged_mask[index, old + width - new.shape[1] :] = new
             hidden[index] = part_hidden
         for n, layer in enumerate(cache.layers):
             for name in ("keys", "values"):
                 whole = getattr(layer, name)
                 grown = whole.new_zeros((*whole.shape[:2], old + width, whole.shape[3]))
                 grown[:, :, :old] = whole
-                for index, _, part_mask, part in fed:
-                    new = part_mask.shape[1] - old
-                    grown[index, :, old + width - new :] = getattr(part.layers[n], name)[:, :, old:]
+                for index, _, new, part in fed:
+                    grown[index, :, old + width - new.shape[1] :] = getattr(part.layers[n], name)[:, :, old:]
                 setattr(layer, name, grown)
         return hidden, merged_mask
 
