@@ -13,6 +13,7 @@ from components.data.schema import Document, Example
 from components.model.base import smollm2_tokenizer, tiny_llama
 from components.model.onegen import OneGenModel
 from components.model.train_loop import TrainResult
+from tests.fixtures.servers import mlflow_server, s3_server  # noqa: F401  (session fixtures: one of each per run)
 
 
 @pytest.fixture(scope="session")

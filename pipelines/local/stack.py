@@ -121,8 +121,11 @@ def ray_service(cfg: StackConfig) -> Service:
         command=command,
         env=_ray_env(cfg),
         ports=[cfg.ray_port, cfg.dashboard_port, cfg.ray_client_port, cfg.dashboard_agent_port],
-        # /api/version answers once the dashboard is up; /api/jobs/ once job submission works.
-        health_urls=[f"{dashboard}/api/version", f"{dashboard}/api/jobs/"],
+        # /api/version answers once the dashboard is up, /api/jobs/ once it reads jobs; submitting one
+        # needs the node's dashboard agent as well, which starts later (seen: 500 "No available agent
+        # to submit job" from a head whose dashboard answered, on a machine slow to import).
+        health_urls=[f"{dashboard}/api/version", f"{dashboard}/api/jobs/",
+                     f"http://{HOST}:{cfg.dashboard_agent_port}/api/local_raylet_healthz"],
         address=dashboard,
         timeout_s=cfg.ray_timeout_s,
     )

@@ -24,19 +24,12 @@ from components.data.screening import encode_examples, load_corpus
 from components.generation.threshold import Calibration, calibrate_model
 from components.model.base import materialize
 from components.platform import storage, tracking
+from pipelines.checkout import torch_extensions_dir
 from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
 from pipelines.stages import checkpoints
 from pipelines.stages.locations import local_file
 from pipelines.stages.train_worker import build_model, train_loop
-
-
-def torch_extensions_dir() -> Path:
-    """Where JIT-compiled torch extensions (DeepSpeed's CPU comm op) are kept: inside the Python
-    environment (`<venv>/torch_extensions`), since they are built for its torch and compiler.
-    Every worker is pointed at it (its runtime_env); infra/setup.sh compiles the op once, so that
-    no training run's first deepspeed.initialize spends a minute on it, whatever the user cache."""
-    return Path(sys.prefix) / "torch_extensions"
 
 
 @dataclass

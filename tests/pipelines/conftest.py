@@ -1,11 +1,9 @@
-"""Fixtures for the pipeline tests: real MLflow and S3 servers (tests/fixtures/servers.py) and one
-local Ray cluster for the whole run (ray.init costs ~8 s; STACK_NOTES)."""
+"""Fixtures for the pipeline tests: one local Ray cluster for the whole run (ray.init costs ~8 s;
+STACK_NOTES). The MLflow and S3 servers come from tests/conftest.py."""
 
 import os
 
 import pytest
-
-from tests.fixtures.servers import mlflow_server, s3_server  # noqa: F401  (pytest finds fixtures by name)
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -1,2 +1,1 @@
 from tests.fixtures.kube import cluster, fake_repo, schemas  # noqa: F401  (pytest finds fixtures by name)
-from tests.fixtures.servers import mlflow_server  # noqa: F401
