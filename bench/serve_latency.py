@@ -21,7 +21,17 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, RESULTS_DIR, command_line, device_string, interleave, timed, write_result, write_results_md
+from bench.common import (
+    REPO,
+    RESULTS_DIR,
+    command_line,
+    device_string,
+    interleave,
+    load_trained,
+    timed,
+    write_result,
+    write_results_md,
+)
 
 QUESTION = "Who were the first 5 picks in the 1998 MLB Draft?"
 
@@ -142,13 +152,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.config import GenerationConfig
     from components.generation.decoder import InStreamDecoder
-    from components.model.onegen import OneGenModel
-    from components.retrieval.index import DocumentIndex
 
     torch.set_num_threads(2)  # as many as the replica's CPUs
     args.url = start_app(model_dir, index_dir, args.tokens)
-    model = OneGenModel.from_pretrained(model_dir).eval()
-    decoder = InStreamDecoder(model, DocumentIndex.load(index_dir, model.fingerprint()))
+    model, index = load_trained(model_dir, index_dir)
+    decoder = InStreamDecoder(model, index)
     prompt = model.formatter.prompt([{"role": "user", "content": QUESTION}])
     cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0)
     body = {"model": "onegen", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": args.tokens, "temperature": 0}
