@@ -107,9 +107,11 @@ def test_zero3_on_s3_logs_checkpoints_resumes_a_killed_worker_and_writes_the_mod
     assert run.data.params["workers.deepspeed.zero_stage"] == "3"
     steps = metric_steps(mlflow_server, run.info.run_id, "loss")
     assert metric_steps(mlflow_server, run.info.run_id, "resumed_from_step") == [2], steps
-    assert set(steps) == {1, 2, 3, 4, 5, 6} and steps.count(3) in (1, 2)  # rank 0 may log step 3 before rank 1 dies
+    # Every step logged once, by rank 0; step 3 perhaps twice (rank 0 may log it before rank 1 dies).
+    once = ([1, 2, 3, 4, 5, 6], [1, 2, 3, 3, 4, 5, 6])
+    assert steps in once
     for key in ("lm_loss", "ret_loss", "lr", "tokens_per_s"):
-        assert set(metric_steps(mlflow_server, run.info.run_id, key)) == {1, 2, 3, 4, 5, 6}, key
+        assert metric_steps(mlflow_server, run.info.run_id, key) in once, key
     # The LR schedule continued from the checkpoint: warmup factors 2/4, 3/4, then 1 (restarted: 1/4 again).
     client = MlflowClient(mlflow_server)
     lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
