@@ -61,8 +61,11 @@ class OneGenModel(nn.Module):
         fmt: FormatConfig = FormatConfig(),
         lora: LoraConfig | None = None,
     ) -> OneGenModel:
-        """Add the special tokens to a plain HF model, optionally wrap it with LoRA."""
+        """Add the special tokens to a plain HF model (its head untied from the embedding, so that
+        emitting [RQ] and querying with it are separate rows: `tokens.untie_head`), optionally wrap
+        it with LoRA."""
         st.add_special_tokens(lm, tokenizer)
+        st.untie_head(lm)
         if lora is not None:
             lm = _with_lora(lm, tokenizer, lora)
         return cls(lm, tokenizer, fmt)
@@ -210,8 +213,8 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def _with_lora(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: LoraConfig) -> nn.Module:
     """LoRA on the chosen projections; the special-token rows of the embedding train in full, and so
-    do those of the LM head (the rows that make the model emit [RQ]): peft ties a tied head's rows
-    to the embedding's, an untied head (Llama-2) needs its own."""
+    do those of the LM head (the rows that make the model emit [RQ]; `build` has untied the head, so
+    they are its own, as Llama-2's are)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 

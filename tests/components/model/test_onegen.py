@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from components import tokens as st
-from components.config import LoraConfig
+from components.config import LossConfig, LoraConfig
 from components.data.collate import Collator
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from tests.conftest import make_example
@@ -45,7 +45,7 @@ def test_weighing_up_the_emission_loss_teaches_emitting_rq_sooner(tokenizer, sma
 
     def p_rq_after(weight: float) -> float:
         model = OneGenModel.build(tiny_llama(copy.deepcopy(tokenizer), seed=3), copy.deepcopy(tokenizer))
-        train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), [batch] * 5, LossConfig(emission_weight=weight), max_steps=5)
+        train(model, torch.optim.AdamW(model.parameters(), lr=3e-3), [batch] * 5, LossConfig(emission_weight=weight), max_steps=5)
         model.eval()
         with torch.no_grad():
             logits = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
@@ -194,13 +194,38 @@ def test_lora_trains_the_head_rows_of_the_new_tokens_when_the_head_is_not_tied(t
     torch.testing.assert_close(loaded(batch).lm_loss, reference.lm_loss, atol=1e-5, rtol=1e-4)  # saved as trained
 
 
-def test_lora_with_a_tied_head_trains_the_shared_rows_once(tokenizer, batch):
-    """SmolLM2 ties the head to the embedding: peft keeps one trainable delta for both."""
+def test_a_tied_head_is_untied_so_the_retrieval_loss_leaves_rq_emission_alone(tmp_path, tokenizer, batch):
+    """SmolLM2 ties its head to the embedding. [RQ]'s input row makes the query vector, its output
+    row makes the model emit [RQ]: one shared row let the retrieval loss rewrite emission."""
     from components.model.base import tiny_llama
+    from components.model.losses import retrieval_loss
 
-    model = OneGenModel.build(tiny_llama(tokenizer, tie_word_embeddings=True), tokenizer, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
-    deltas = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
-    assert len(deltas) == 1 and "embed_tokens" in deltas[0]
-    head = model.hf.get_output_embeddings()
-    assert head.token_adapter.tied_adapter is model.hf.get_input_embeddings().token_adapter
+    lm = tiny_llama(tokenizer, tie_word_embeddings=True)
+    model = OneGenModel.build(lm, tokenizer, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    head, embedding = model.hf.get_output_embeddings(), model.hf.get_input_embeddings()
+    assert head.weight is not embedding.weight and not model.hf.config.tie_word_embeddings
+    torch.testing.assert_close(head.weight, embedding.weight, rtol=0, atol=0)  # the same values to start
+    rq = st.token_ids(tokenizer)[st.QUERY]
+
+    def rows() -> tuple[torch.Tensor, torch.Tensor]:
+        merged = model.merged()
+        return merged.get_input_embeddings().weight[rq].clone(), merged.get_output_embeddings().weight[rq].clone()
+
+    in_before, out_before = rows()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):  # the retrieval loss alone
+        out = model(batch)
+        retrieval_loss(out.query_vectors, out.doc_vectors, batch, LossConfig()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    in_after, out_after = rows()
+    assert (in_after - in_before).abs().max() > 1e-3  # the query side learned
+    torch.testing.assert_close(out_after, out_before, rtol=0, atol=0)  # emission did not move
+
+    model(batch).lm_loss.backward()  # and the next-token loss still trains the output row
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lm_head.token_adapter" in n)
+    loaded = OneGenModel.from_pretrained(model.save_pretrained(tmp_path / "merged"))
+    assert loaded.hf.get_output_embeddings().weight is not loaded.hf.get_input_embeddings().weight
+    torch.testing.assert_close(loaded.hf.get_output_embeddings().weight[rq], out_after)
+
 
