@@ -78,6 +78,10 @@ class OptimConfig(FrozenConfig):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     max_steps: PositiveInt = Field(100, description="optimizer steps")
     batch_size: PositiveInt = Field(8, description="examples per step per worker")
+    length_groups: PositiveInt = Field(
+        16, description="the rows of this many batches are sorted by length together and cut into batches, so that a "
+                        "batch pads little (components.data.grouping); 1: batches as drawn"
+    )
     grad_clip: float | None = Field(1.0, description="gradient norm clip; None: no clipping")
     seed: int = Field(0, description="the training run's random seed")
 

@@ -27,6 +27,13 @@ def padded_length(n: int, multiple: int = 8) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def pad_multiple(device: torch.device) -> int:
+    """What to round a batch's width up to: 8 on a GPU (tensor-core tiles), none on a CPU, where a
+    padded position costs as much as a real one (the index's 17-token documents padded to 24 cost
+    41 % more)."""
+    return 8 if device.type == "cuda" else 1
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, T] generation rows, right-padded

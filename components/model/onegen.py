@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from components import tokens as st
 from components.config import FormatConfig, LoraConfig
-from components.data.collate import Batch, padded_length
+from components.data.collate import Batch, pad_multiple, padded_length
 from components.data.schema import Document
 from components.data.tokenize import IGNORE, Formatter
 
@@ -129,7 +129,7 @@ class OneGenModel(nn.Module):
         pad = self.formatter.pad_id
         for start in range(0, len(rows), batch_size):
             idx = order[start : start + batch_size]
-            width = padded_length(max(len(rows[i]) for i in idx))
+            width = padded_length(max(len(rows[i]) for i in idx), pad_multiple(self.device))
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for j, i in enumerate(idx):

@@ -11,6 +11,7 @@ returns the latest checkpoint and the loop carries on from its step.
 
 from __future__ import annotations
 
+import random
 import sys
 import tempfile
 import time
@@ -21,8 +22,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from components.config import TrainConfig
-from components.data.collate import Batch, Collator
+from components.config import OptimConfig, TrainConfig
+from components.data.collate import Batch, Collator, pad_multiple
+from components.data.grouping import length_grouped
 from components.model.base import load_base
 from components.model.gather import all_gather
 from components.model.onegen import OneGenModel
@@ -93,18 +95,23 @@ def initialize(model: OneGenModel, cfg: PipelineConfig):
     return engine
 
 
-def batches(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
-    """Batches of the worker's shard, epoch after epoch, each epoch in a new shuffled order.
-    Shards are split equally (Ray Train's default), so every worker starts its next epoch on the
-    same step: the shard's epochs are a collective and must not straddle one."""
-    collate = Collator(pad_id)
+def batches(shard, optim: OptimConfig, pad_id: int, seed: int, device: torch.device) -> Iterator[Batch]:
+    """Batches of the worker's shard, epoch after epoch, each epoch in a new shuffled order, rows of
+    similar length batched together (`optim.length_groups`). Shards are split equally (Ray Train's
+    default), so every worker starts its next epoch on the same step: the shard's epochs are a
+    collective and must not straddle one."""
+    collate = Collator(pad_id, pad_multiple(device))
+    group = optim.batch_size * optim.length_groups
     epoch = 0
     while True:
         n = 0
-        for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                                        local_shuffle_buffer_size=16 * batch_size, local_shuffle_seed=seed + epoch):
-            n += 1
-            yield collate(table.to_pylist())
+        rng = random.Random(seed + epoch)
+        for table in shard.iter_batches(batch_size=group, batch_format="pyarrow",
+                                        local_shuffle_buffer_size=max(16 * optim.batch_size, group),
+                                        local_shuffle_seed=seed + epoch):
+            for rows in length_grouped(table.to_pylist(), optim.batch_size, rng):
+                n += 1
+                yield collate(rows)
         if n == 0:
             raise RuntimeError("this worker's shard of the training data is empty: prepare more rows than workers")
         epoch += 1
@@ -219,7 +226,7 @@ def train_loop(config: dict) -> dict:
             config["on_step"](m.step, rank)
 
     shard = ray.train.get_dataset_shard("train")
-    data = batches(shard, optim.batch_size, engine.module.formatter.pad_id, optim.seed + start)
+    data = batches(shard, optim, engine.module.formatter.pad_id, optim.seed + start, engine.device)
     result = train(engine, DeepSpeedUpdate(engine), data, cfg.train.loss, max_steps=optim.max_steps, start_step=start,
                    gather=all_gather, device=engine.device, on_step=after_step)
     return {"start_step": start, "steps": len(result.steps), "mlflow_run_id": run_id}

@@ -61,3 +61,18 @@ def test_a_tokenizer_given_the_tokens_alone_still_grows_the_model(tokenizer):
     assert len(st.add_special_tokens(model, tokenizer)) == len(st.ALL)
     for token, row in expected.items():
         torch.testing.assert_close(model.get_input_embeddings().weight[st.token_ids(tokenizer)[token]], row)
+
+
+def test_untie_head_copies_a_tied_head_into_its_own_matrix_and_leaves_an_untied_one(tokenizer):
+    tied = tiny_llama(tokenizer, tie_word_embeddings=True)
+    assert st.untie_head(tied)
+    head, embedding = tied.get_output_embeddings().weight, tied.get_input_embeddings().weight
+    assert head is not embedding and head.data_ptr() != embedding.data_ptr()
+    torch.testing.assert_close(head, embedding, rtol=0, atol=0)
+    assert not tied.config.tie_word_embeddings
+    tied.tie_weights()  # what transformers calls on resize and load: the config keeps them apart
+    assert tied.get_output_embeddings().weight is not tied.get_input_embeddings().weight
+
+    untied = tiny_llama(tokenizer, tie_word_embeddings=False)
+    before = untied.get_output_embeddings().weight
+    assert not st.untie_head(untied) and untied.get_output_embeddings().weight is before

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from components import tokens as st
-from components.config import LossConfig, LoraConfig
+from components.config import LoraConfig, LossConfig
 from components.data.collate import Collator
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from tests.conftest import make_example
