@@ -119,9 +119,10 @@ class OneGenModel(nn.Module):
     # -- standalone embedding (GritLM's lesson: the same weights are an embedding model) -------
 
     @torch.no_grad()
-    def embed_token_rows(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
+    def embed_token_rows(self, rows: Sequence[Sequence[int]], batch_size: int = 16, pad_to: int | None = None) -> torch.Tensor:
         """Unit vectors [N, H] at the last token of each row. Rows are sorted by length so that a
-        batch pads little; the result is in the order given."""
+        batch pads little, its width rounded up to a multiple of `pad_to` (None: the device's,
+        `collate.pad_multiple`); the result is in the order given."""
         was_training = self.training
         self.eval()  # no dropout in vectors that will be indexed or searched
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -129,7 +130,7 @@ class OneGenModel(nn.Module):
         pad = self.formatter.pad_id
         for start in range(0, len(rows), batch_size):
             idx = order[start : start + batch_size]
-            width = padded_length(max(len(rows[i]) for i in idx), pad_multiple(self.device))
+            width = padded_length(max(len(rows[i]) for i in idx), pad_to or pad_multiple(self.device))
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for j, i in enumerate(idx):
@@ -144,9 +145,9 @@ class OneGenModel(nn.Module):
     def embed_queries(self, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
         return self.embed_token_rows([self.formatter.query(t) for t in texts], batch_size)
 
-    def embed_documents(self, docs: Sequence[Document | str], batch_size: int = 16) -> torch.Tensor:
+    def embed_documents(self, docs: Sequence[Document | str], batch_size: int = 16, pad_to: int | None = None) -> torch.Tensor:
         docs = [d if isinstance(d, Document) else Document(id="-", title="", text=d) for d in docs]
-        return self.embed_token_rows([self.formatter.document(d) for d in docs], batch_size)
+        return self.embed_token_rows([self.formatter.document(d) for d in docs], batch_size, pad_to)
 
     # -- persistence -------------------------------------------------------------------------
 
