@@ -7,9 +7,10 @@ Goal: ≥ 3.
 
 What changed, and what did not, is in the notes the JSON carries: the document view is the
 preset's `max_document_tokens` (training embeds documents the same way), the batch its
-`index.batch_size`, a batch's width is no longer rounded up to a multiple of 8 on a CPU. bf16 autocast is not used: these CPUs have no bf16 instructions (measured 6x
-slower than fp32 here), and dynamically quantised int8 weights leave document vectors far from the
-fp32 ones (mean cosine 0.75), so neither is a default. The whole-corpus rate the index stage
+`index.batch_size`, and on a CPU a batch's width is no longer rounded up to a multiple of 8.
+bf16 autocast is not used: these CPUs have no bf16 instructions (measured 6x slower than fp32
+here), and dynamically quantised int8 weights leave document vectors far from the fp32 ones (mean
+cosine 0.75), so neither is a default. The whole-corpus rate the index stage
 reaches is logged to MLflow by the stage itself (`index_docs_per_s`).
 """
 
