@@ -39,7 +39,6 @@ def test_the_emission_loss_is_the_rq_targets_share_of_the_lm_loss(tiny_model, ba
 
 
 def test_weighing_up_the_emission_loss_teaches_emitting_rq_sooner(tokenizer, small_corpus, batch):
-    from components.config import LossConfig
     from components.model.base import tiny_llama
     from components.model.train_loop import train
 
