@@ -132,6 +132,17 @@ class PipelineConfig(FrozenConfig):
         """Names the MLflow run, the checkpoints and the model: the variant's own."""
         return self.name + (PLAIN_LM_SUFFIX if self.variant == "plain_lm" else "")
 
+    @model_validator(mode="after")
+    def _plain_lm_has_no_retrieval_loss(self) -> PipelineConfig:
+        # `--variant plain_lm` alone once trained a "plain LM" with the retrieval loss on.
+        loss = self.train.loss
+        if self.variant == "plain_lm" and (loss.lambda_ret != 0 or loss.emission_weight != 1):
+            raise ValueError(
+                f"variant plain_lm is the next-token-only baseline, but train.loss.lambda_ret is {loss.lambda_ret} and "
+                f"train.loss.emission_weight {loss.emission_weight} (must be 0 and 1): `onegen train --plain-lm` sets all three"
+            )
+        return self
+
     @property
     def paths(self) -> Paths:
         return Paths(self.storage.root.rstrip("/"), self.name, self.run_name)

@@ -89,6 +89,7 @@ def test_an_unknown_flag_exits_2_naming_it(capsys):
     (["--train.optim.max_steps", "many"], "train.optim.max_steps"),
     (["--workers.deepspeed.zero_stage", "5"], "workers.deepspeed.zero_stage"),
     (["--data.train", "other.jsonl"], "data.repeat"),  # smollm2-cpu repeats a file this drops
+    (["--variant", "plain_lm"], "train.loss.lambda_ret"),  # the baseline is `--plain-lm`, which sets the loss too
 ])  # fmt: skip
 def test_a_bad_value_exits_2_naming_the_field(argv, named, capsys, monkeypatch):
     monkeypatch.setattr(stage_command, "submit", lambda *args, **kwargs: pytest.fail("submitted"))
