@@ -143,6 +143,13 @@ class PipelineConfig(FrozenConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _balance_needs_whole_parameters(self) -> PipelineConfig:
+        if self.train.loss.balanced and self.workers.deepspeed.zero_stage == 3:
+            raise ValueError("train.loss.balance per_loss_rms takes each loss's gradient of whole parameters, which "
+                             "ZeRO-3 partitions: use workers.deepspeed.zero_stage 0, 1 or 2")
+        return self
+
     @property
     def paths(self) -> Paths:
         return Paths(self.storage.root.rstrip("/"), self.name, self.run_name)

@@ -52,6 +52,14 @@ def all_gather(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), sum(sizes[:rank])
 
 
+def all_reduce_mean(flat: torch.Tensor) -> torch.Tensor:
+    """The mean of `flat` over the workers of a torch.distributed group (a collective)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return flat
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat / dist.get_world_size()
+
+
 @dataclass
 class WorldBatch:
     """What the contrastive loss scores: the queries and documents of every worker, in rank order."""

@@ -15,6 +15,7 @@ import torch
 
 from components.config import LossConfig
 from components.data.collate import Batch
+from components.model.balance import PerLossRMS
 from components.model.gather import Gather, local_gather
 from components.model.losses import contrastive_loss, for_averaged_gradients, gathered, joint_loss
 
@@ -104,13 +105,17 @@ def train(
     gather: Gather = local_gather,
     device: torch.device | str | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
+    balance: PerLossRMS | None = None,
 ) -> TrainResult:
     """Run steps `start_step+1 … max_steps` (fewer if `batches` runs out) and return their metrics.
 
     `model(batch)` must return `model.Output` (a OneGenModel, or a DeepSpeed engine around one).
     `on_step` sees each step's metrics after the update: log, checkpoint, report from there.
+    With `loss_cfg.balance` "per_loss_rms" the losses' gradients are balanced by `balance` (the
+    caller's, to checkpoint it and reduce across workers; by default a new one-process one).
     """
     update = optimizer if isinstance(optimizer, Update) else TorchUpdate(model, optimizer, grad_clip, scheduler)
+    balance = (balance or PerLossRMS(model.parameters())) if loss_cfg.balanced else None
     model.train()
     result = TrainResult()
     step = start_step
@@ -128,7 +133,8 @@ def train(
         ret_loss = contrastive_loss(scored, loss_cfg)  # the global batch's mean: logged as it is
         loss = joint_loss(out.lm_loss, ret_loss, loss_cfg)
         lm_loss = out.lm_loss + (loss_cfg.emission_weight - 1) * out.emission_loss  # [RQ] targets weighed up
-        update(joint_loss(lm_loss, for_averaged_gradients(ret_loss, scored.workers), loss_cfg))
+        terms = [loss_cfg.lambda_gen * lm_loss, loss_cfg.lambda_ret * for_averaged_gradients(ret_loss, scored.workers)]
+        update(balance.surrogate(terms) if balance is not None else terms[0] + terms[1])
         metrics = StepMetrics(
             step=step,
             loss=loss.item(),

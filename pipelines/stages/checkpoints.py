@@ -7,6 +7,8 @@ full unpickle, so they are not used. A checkpoint directory holds:
     model.safetensors     the trainable parameters, whole (gathered under ZeRO-3)    written by rank 0
     optimizer-rank{r}.pt  rank r's ZeRO optimizer partition, `engine.optimizer.state_dict()`;
                           tensors and plain data plus three DeepSpeed types (SAFE_TYPES)  by rank r
+    balance-rank{r}.pt    with loss.balance per_loss_rms: the losses' running RMS
+                          (`PerLossRMS.state_dict()`, the same on every rank)            by rank r
     state.json            step, world size, ZeRO stage, LR scheduler state, the config
                           config_hash and the MLflow run id                           by rank 0
 
@@ -41,6 +43,10 @@ def optimizer_file(rank: int) -> str:
     return f"optimizer-rank{rank}.pt"
 
 
+def balance_file(rank: int) -> str:
+    return f"balance-rank{rank}.pt"
+
+
 class CheckpointError(StageError):
     """A checkpoint that cannot be resumed from; the message names it and what is wrong."""
 
@@ -53,6 +59,7 @@ class TrainState:
     config_hash: str  # of the config the weights depend on: another config cannot resume them
     scheduler: dict  # the LR scheduler's state_dict() (plain numbers for a LambdaLR)
     mlflow_run_id: str | None = None
+    balance: bool = False  # whether each rank wrote balance_file(rank): the losses' running RMS
 
 
 def config_hash(config: dict) -> str:
@@ -89,14 +96,17 @@ def trainable_state(model: nn.Module, zero3: bool, rank: int) -> dict[str, torch
     return out
 
 
-def save(directory: str | Path, model: nn.Module, optimizer, state: TrainState, rank: int) -> Path:
-    """Write this rank's files of the checkpoint into `directory` (see the module docstring)."""
+def save(directory: str | Path, model: nn.Module, optimizer, state: TrainState, rank: int, balance=None) -> Path:
+    """Write this rank's files of the checkpoint into `directory` (see the module docstring);
+    `balance`: a `PerLossRMS`, whose state is written when `state.balance`."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = trainable_state(model, state.zero_stage == 3, rank)
     torch.save(optimizer.state_dict(), directory / optimizer_file(rank))
+    if state.balance:
+        torch.save(balance.state_dict(), directory / balance_file(rank))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS))
         (directory / STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -182,6 +192,18 @@ def load_optimizer(directory: str | Path, optimizer, rank: int, state: TrainStat
             optimizer.load_state_dict(saved_by_rank, load_from_fp32_weights=True)
     except (KeyError, ValueError, RuntimeError, IndexError) as err:
         raise CheckpointError(f"checkpoint {where}: {name} does not fit this optimizer ({err})") from None
+
+
+def load_balance(directory: str | Path, balance, rank: int, where: str | None = None) -> None:
+    """Restore a `PerLossRMS` from rank `rank`'s balance file."""
+    where = where or str(directory)
+    name = balance_file(rank)
+    try:
+        balance.load_state_dict(torch.load(Path(directory) / name, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {where} is incomplete: it has no {name}") from None
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {where} is corrupt: {name} is unreadable ({err})") from None
 
 
 def fetch(checkpoint, names: Iterable[str], directory: str | Path) -> str:

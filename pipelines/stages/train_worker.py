@@ -25,8 +25,9 @@ import torch.distributed as dist
 from components.config import OptimConfig, TrainConfig
 from components.data.collate import Batch, Collator, pad_multiple
 from components.data.grouping import length_grouped
+from components.model.balance import PerLossRMS
 from components.model.base import load_base
-from components.model.gather import all_gather
+from components.model.gather import all_gather, all_reduce_mean
 from components.model.onegen import OneGenModel
 from components.model.train_loop import DeepSpeedUpdate, StepMetrics, train
 from pipelines.config import PipelineConfig
@@ -140,7 +141,7 @@ def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[int, dict], None]
 
 
 @contextmanager
-def fetched_checkpoint(rank: int):
+def fetched_checkpoint(rank: int, balanced: bool):
     """(directory, location) of the files this rank needs from the latest checkpoint, or None."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -148,6 +149,7 @@ def fetched_checkpoint(rank: int):
         return
     with tempfile.TemporaryDirectory(prefix="onegen-resume-") as tmp:
         names = [checkpoints.STATE, checkpoints.WEIGHTS, checkpoints.optimizer_file(rank)]
+        names += [checkpoints.balance_file(rank)] if balanced else []
         yield tmp, checkpoints.fetch(checkpoint, names, tmp)
 
 
@@ -168,13 +170,15 @@ class Progress:
 
 
 def start_engine(cfg: PipelineConfig, rank: int, world: int, config_hash: str):
-    """(engine, TrainState or None): a fresh start, or the latest checkpoint restored: weights
-    before deepspeed.initialize (the engine partitions what it is given), then this rank's
-    optimizer partition and the LR schedule."""
+    """(engine, PerLossRMS or None, TrainState or None): a fresh start, or the latest checkpoint
+    restored: weights before deepspeed.initialize (the engine partitions what it is given), then
+    this rank's optimizer partition, the LR schedule and the losses' running RMS."""
     model = build_model(cfg.train)
-    with fetched_checkpoint(rank) as found:
+    balanced = cfg.train.loss.balanced
+    with fetched_checkpoint(rank, balanced) as found:
         if found is None:
-            return initialize(model, cfg), None
+            engine = initialize(model, cfg)
+            return engine, balance_for(engine, balanced), None
         directory, where = found
         state = checkpoints.read_state(directory, where)
         checkpoints.check_compatible(state, world_size=world, zero_stage=cfg.workers.deepspeed.zero_stage,
@@ -183,7 +187,15 @@ def start_engine(cfg: PipelineConfig, rank: int, world: int, config_hash: str):
         engine = initialize(model, cfg)
         checkpoints.load_optimizer(directory, engine.optimizer, rank, state, where)
         engine.lr_scheduler.load_state_dict(state.scheduler)
-        return engine, state
+        balance = balance_for(engine, balanced)
+        if balance is not None:
+            checkpoints.load_balance(directory, balance, rank, where)
+        return engine, balance, state
+
+
+def balance_for(engine, balanced: bool) -> PerLossRMS | None:
+    """The losses' gradient balance (LossConfig.balance), reducing across the workers."""
+    return PerLossRMS(engine.module.parameters(), reduce=all_reduce_mean) if balanced else None
 
 
 def train_loop(config: dict) -> dict:
@@ -197,7 +209,7 @@ def train_loop(config: dict) -> dict:
     stage = workers.deepspeed.zero_stage
     config_hash = weights_config_hash(cfg.train)
 
-    engine, state = start_engine(cfg, rank, world, config_hash)
+    engine, balance, state = start_engine(cfg, rank, world, config_hash)
     start = state.step if state else 0
     run_id = state.mlflow_run_id if state and state.mlflow_run_id else config["mlflow_run_id"]
     log = mlflow_logger(cfg.mlflow.tracking_uri, run_id) if rank == 0 else None
@@ -205,9 +217,10 @@ def train_loop(config: dict) -> dict:
         log(start, {"resumed_from_step": start})
 
     def save_and_report(m: StepMetrics, values: dict) -> None:
-        train_state = checkpoints.TrainState(m.step, world, stage, config_hash, engine.lr_scheduler.state_dict(), run_id)
+        train_state = checkpoints.TrainState(m.step, world, stage, config_hash, engine.lr_scheduler.state_dict(), run_id,
+                                             balance=balance is not None)
         with tempfile.TemporaryDirectory(prefix="onegen-ckpt-") as tmp:
-            checkpoints.save(tmp, engine.module, engine.optimizer, train_state, rank)
+            checkpoints.save(tmp, engine.module, engine.optimizer, train_state, rank, balance)
             # Every rank reports its own directory under one name: Ray Train merges them.
             ray.train.report({"step": m.step, **values}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{m.step:06d}")
@@ -228,5 +241,5 @@ def train_loop(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
     data = batches(shard, optim, engine.module.formatter.pad_id, optim.seed + start, engine.device)
     result = train(engine, DeepSpeedUpdate(engine), data, cfg.train.loss, max_steps=optim.max_steps, start_step=start,
-                   gather=all_gather, device=engine.device, on_step=after_step)
+                   gather=all_gather, device=engine.device, on_step=after_step, balance=balance)
     return {"start_step": start, "steps": len(result.steps), "mlflow_run_id": run_id}

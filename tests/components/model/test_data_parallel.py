@@ -3,7 +3,8 @@ small batch, run one step of the real training loop with `all_gather`; their gra
 as DDP and DeepSpeed do, must equal the gradient of one process's loss over both batches together.
 
 The model is two shared linear maps standing in for the LM: one makes the query vectors, one the
-document vectors, so that both sides' parameter gradients are checked."""
+document vectors, so that both sides' parameter gradients are checked. The same holds for the losses
+balanced by their own RMS (`PerLossRMS`), which must average the workers' gradients first."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from components.model.onegen import Output
 H = 8
 EMPTY = torch.zeros((0, 0), dtype=torch.long)
 CASES = [LossConfig(kind=kind, in_batch_negatives=ib, temperature=0.2) for kind in ("infonce", "bpr") for ib in (True, False)]
+# Each loss's gradient balanced by its own RMS: the workers' gradients must be averaged *before*
+# they are normalised, or each worker normalises its partial gradient of the global batch.
+BALANCED = LossConfig(temperature=0.2, balance="per_loss_rms")
 
 # Per worker: document keys, and per query (target index, acceptable positive keys, hard negative
 # indices), indices local to the worker. Widths differ between the workers (padding); rank 0's
@@ -105,7 +109,8 @@ def rows_of(rank: int) -> tuple[slice, slice]:
 def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     import torch.distributed as dist
 
-    from components.model.gather import all_gather
+    from components.model.balance import PerLossRMS
+    from components.model.gather import all_gather, all_reduce_mean
     from components.model.train_loop import train
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -113,9 +118,10 @@ def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     queries, docs = rows_of(rank)
     batch = scoring_batch(**SHARDS[rank])
     results = []
-    for cfg in CASES:
+    for cfg in CASES + [BALANCED]:
         model = TwoTowers(query_features[queries], doc_features[docs])
-        result = train(model, AverageLikeDDP(model), [batch], cfg, max_steps=1, gather=all_gather)
+        balance = PerLossRMS(model.parameters(), reduce=all_reduce_mean)
+        result = train(model, AverageLikeDDP(model), [batch], cfg, max_steps=1, gather=all_gather, balance=balance)
         results.append({"ret_loss": result.steps[0].ret_loss, "query_side": model.query_side.grad,
                         "doc_side": model.doc_side.grad, "documents_scored": result.steps[0].documents_scored})
     torch.save(results, f"{result_file}.{rank}")
@@ -133,6 +139,19 @@ def reference(cfg: LossConfig) -> dict:
     return {"ret_loss": loss.item(), "query_side": model.query_side.grad, "doc_side": model.doc_side.grad}
 
 
+def balanced_reference() -> dict:
+    """The balanced gradient of the global batch: its retrieval gradient normalised (the stand-in's
+    next-token loss is 0), in one process."""
+    from components.model.balance import PerLossRMS
+    from components.model.losses import retrieval_loss
+
+    model = TwoTowers(*features())
+    out = model(concatenated())
+    loss = retrieval_loss(out.query_vectors, out.doc_vectors, concatenated(), BALANCED)
+    PerLossRMS(model.parameters()).surrogate([out.lm_loss, loss]).backward()
+    return {"ret_loss": loss.item(), "query_side": model.query_side.grad, "doc_side": model.doc_side.grad}
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
@@ -143,8 +162,8 @@ def test_averaged_gradients_of_two_workers_equal_the_gradient_of_the_global_batc
 
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"result.{rank}") for rank in range(2)]
-    for case, cfg in enumerate(CASES):
-        want = reference(cfg)
+    for case, cfg in enumerate(CASES + [BALANCED]):
+        want = reference(cfg) if cfg is not BALANCED else balanced_reference()
         for rank, results in enumerate(ranks):
             got = results[case]
             errors = {side: relative_error(got[side], want[side]) for side in ("query_side", "doc_side")}

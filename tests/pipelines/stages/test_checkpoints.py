@@ -73,3 +73,22 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
     # A checkpoint of another layout names itself and what differs.
     with pytest.raises(checkpoints.CheckpointError, match="written by 1 workers with ZeRO stage 1; this run has 2 workers"):
         checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, config_hash="abc", where=str(good))
+
+
+def test_the_losses_running_rms_is_saved_and_restored_with_the_checkpoint(tmp_path):
+    from torch import nn
+
+    from components.model.balance import PerLossRMS
+
+    model = nn.Linear(3, 2)
+    balance = PerLossRMS(model.parameters())
+    balance.gradients([model(torch.ones(1, 3)).sum(), model(torch.ones(1, 3)).square().sum()])
+    state = checkpoints.TrainState(1, 1, 1, "abc", {"last_epoch": 1}, "run-1", balance=True)
+    directory = checkpoints.save(tmp_path / "ckpt", model, ZeroLike(torch.optim.SGD(model.parameters(), lr=0.1)), state, 0, balance)
+    assert checkpoints.read_state(directory).balance and (directory / "balance-rank0.pt").is_file()
+    restored = PerLossRMS(model.parameters())
+    checkpoints.load_balance(directory, restored, 0)
+    assert restored.steps == 1 and all(torch.equal(a, b) for a, b in zip(restored.second_moments, balance.second_moments))
+    (directory / "balance-rank0.pt").unlink()
+    with pytest.raises(checkpoints.CheckpointError, match="is incomplete: it has no balance-rank0.pt"):
+        checkpoints.load_balance(directory, restored, 0)
