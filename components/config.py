@@ -51,7 +51,7 @@ class LossConfig(FrozenConfig):
     # retrieval loss's 5-20x larger gradient sets every shared weight's AdamW step.
     balance: Literal["sum", "per_loss_rms"] = Field(
         "sum", description="sum: one backward of the weighted sum; per_loss_rms: each loss's gradient divided per weight "
-                           "by its own running RMS before they are summed (a second backward)"
+                           "by its own running RMS, then weighted by its lambda and summed (a second backward)"
     )
     # The loss of the global batch: every worker's queries against every worker's documents (with
     # in_batch_negatives=False that adds no negative, but still averages over the global batch).

@@ -11,7 +11,9 @@ partitioning, clipping and schedule are unchanged. The cost is one more backward
 generation rows per step.
 
     balance = PerLossRMS(model.parameters(), reduce=all_reduce_mean)
-    update(balance.surrogate([lm_term, ret_term]))   # its gradient is the balanced sum
+    update(balance.surrogate([lm_loss, ret_loss], [λ_gen, λ_ret]))   # its gradient: the balanced sum
+
+The weights apply after the normalisation: they set each loss's say, which its scale no longer does.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ class PerLossRMS:
         self.steps = 0
         self.second_moments: list[torch.Tensor] = []  # per loss: flat, over self.params
 
-    def gradients(self, losses: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Σ_k g_k / (RMS_k + eps·mean RMS_k) per weight, g_k each loss's gradient averaged over the
-        workers (a collective when `reduce` is one: every rank, every step, the same number of losses)."""
+    def gradients(self, losses: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> list[torch.Tensor]:
+        """Σ_k w_k · g_k / (RMS_k + eps·mean RMS_k) per weight, g_k each loss's gradient averaged over
+        the workers (a collective when `reduce` is one: every rank, every step, the same number of
+        losses); w_k 1 unless given."""
+        weights = [1.0] * len(losses) if weights is None else weights
         flats = [self.reduce(self._flat_gradient(loss, retain=i < len(losses) - 1)) for i, loss in enumerate(losses)]
         if not self.second_moments:
             self.second_moments = [torch.zeros_like(f) for f in flats]
@@ -47,19 +51,19 @@ class PerLossRMS:
         self.steps += 1
         correction = 1 - self.beta2**self.steps  # Adam's bias correction: the first step is sign(g_k)
         total = torch.zeros_like(flats[0])
-        for flat, moment in zip(flats, self.second_moments):
+        for flat, moment, weight in zip(flats, self.second_moments, weights):
             moment.mul_(self.beta2).addcmul_(flat, flat, value=1 - self.beta2)
             rms = (moment / correction).sqrt()
             # eps relative to the loss's mean RMS over all weights, so that nothing depends on its
             # scale: a weight whose gradient is under 1/1000 of the loss's typical one (rounding
             # noise, where the true gradient is 0) is damped instead of taking a full-size step.
-            total += flat / (rms + self.eps * rms.mean().clamp_min(torch.finfo(rms.dtype).tiny))
+            total += weight * flat / (rms + self.eps * rms.mean().clamp_min(torch.finfo(rms.dtype).tiny))
         return list(torch.split(total, [p.numel() for p in self.params]))
 
-    def surrogate(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    def surrogate(self, losses: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
         """A scalar whose gradient with respect to the parameters is the balanced sum: what the
         optimizer (or a DeepSpeed engine) backpropagates in place of the losses' sum."""
-        grads = self.gradients(losses)
+        grads = self.gradients(losses, weights)
         return sum((p * g.view_as(p)).sum() for p, g in zip(self.params, grads))
 
     def _flat_gradient(self, loss: torch.Tensor, retain: bool) -> torch.Tensor:

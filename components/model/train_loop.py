@@ -133,8 +133,8 @@ def train(
         ret_loss = contrastive_loss(scored, loss_cfg)  # the global batch's mean: logged as it is
         loss = joint_loss(out.lm_loss, ret_loss, loss_cfg)
         lm_loss = out.lm_loss + (loss_cfg.emission_weight - 1) * out.emission_loss  # [RQ] targets weighed up
-        terms = [loss_cfg.lambda_gen * lm_loss, loss_cfg.lambda_ret * for_averaged_gradients(ret_loss, scored.workers)]
-        update(balance.surrogate(terms) if balance is not None else terms[0] + terms[1])
+        terms, weights = [lm_loss, for_averaged_gradients(ret_loss, scored.workers)], [loss_cfg.lambda_gen, loss_cfg.lambda_ret]
+        update(balance.surrogate(terms, weights) if balance is not None else joint_loss(*terms, loss_cfg))
         metrics = StepMetrics(
             step=step,
             loss=loss.item(),

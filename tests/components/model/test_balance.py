@@ -1,6 +1,5 @@
 import copy
 
-import pytest
 import torch
 from torch import nn
 
@@ -56,23 +55,31 @@ def test_the_surrogate_backpropagates_the_balanced_gradient_and_state_resumes():
         assert torch.allclose(p.grad, g.view_as(p))
 
 
-@pytest.mark.parametrize("balance, same", [("per_loss_rms", True), ("sum", False)])
-def test_training_with_balanced_losses_ignores_the_retrieval_weights_scale(tokenizer, small_corpus, balance, same):
-    """Three AdamW steps of a tiny OneGen model with lambda_ret 1 and 0.001: balanced, the same
-    weights (each loss's gradient is normalised by its own RMS); summed, different ones."""
+def test_the_training_loop_balances_the_next_token_and_retrieval_losses_then_weighs_them(tokenizer, small_corpus):
+    """Two AdamW steps of `train` with balance equal two steps taken by hand: the surrogate of
+    [LM loss, retrieval loss] weighted by [lambda_gen, lambda_ret] after the normalisation."""
     from components.model.base import tiny_llama
+    from components.model.losses import retrieval_loss
     from components.model.onegen import OneGenModel
 
-    rows = [OneGenModel.build(tiny_llama(copy.deepcopy(tokenizer)), copy.deepcopy(tokenizer)).formatter.example(
-        make_example("Ada was born in London.[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
-    trained = []
-    for lambda_ret in (1.0, 0.001):
-        model = OneGenModel.build(tiny_llama(copy.deepcopy(tokenizer)), copy.deepcopy(tokenizer))
-        start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        batch = Collator(model.formatter.pad_id)(rows)
-        cfg = LossConfig(lambda_ret=lambda_ret, balance=balance)
-        train(model, torch.optim.AdamW(model.parameters(), lr=1e-2), [batch] * 3, cfg, max_steps=3, grad_clip=None)
-        trained.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - start)
-    difference = float((trained[0] - trained[1]).norm() / trained[0].norm())
-    print(f"{balance}: updates differ by {difference:.2e} of their norm")
-    assert (difference < 0.05) is same
+    def fresh() -> OneGenModel:
+        return OneGenModel.build(tiny_llama(copy.deepcopy(tokenizer)), copy.deepcopy(tokenizer))
+
+    model, by_hand = fresh(), fresh()
+    rows = [model.formatter.example(make_example("Ada was born in London.[RQ] Ada.", [["ada"]], [["paris"]]), small_corpus, 256)]
+    batch = Collator(model.formatter.pad_id)(rows)
+    cfg = LossConfig(lambda_ret=0.5, balance="per_loss_rms")
+    train(model, torch.optim.AdamW(model.parameters(), lr=1e-2), [batch] * 2, cfg, max_steps=2, grad_clip=None)
+
+    optimizer, balance = torch.optim.AdamW(by_hand.parameters(), lr=1e-2), PerLossRMS(by_hand.parameters())
+    for _ in range(2):
+        out = by_hand(batch)
+        balance.surrogate([out.lm_loss, retrieval_loss(out.query_vectors, out.doc_vectors, batch, cfg)], [1.0, 0.5]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), by_hand.parameters()))
+    # and the weight counts: lambda_ret 0.5 is not lambda_ret 1
+    other = fresh()
+    train(other, torch.optim.AdamW(other.parameters(), lr=1e-2), [batch] * 2, LossConfig(balance="per_loss_rms"), max_steps=2,
+          grad_clip=None)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), other.parameters()))
