@@ -14,6 +14,10 @@ generation rows per step.
     update(balance.surrogate([lm_loss, ret_loss], [λ_gen, λ_ret]))   # its gradient: the balanced sum
 
 The weights apply after the normalisation: they set each loss's say, which its scale no longer does.
+
+Measured on smollm2-cpu (README): held-out LM loss ×1.15 of the plain LM where the sum gives ×1.55,
+but teacher-forced R@1 0.485 where the sum gives 0.772: the same trade as λ_ret 0.25 on the sum,
+at the cost of the second backward. So "sum" stays the default.
 """
 
 from __future__ import annotations
