@@ -129,8 +129,10 @@ def read_state(directory: str | Path, where: str | None = None) -> TrainState:
         raise CheckpointError(f"checkpoint {where} is corrupt: {STATE} is unreadable ({err})") from None
 
 
-def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, config_hash: str, where: str) -> None:
-    """ZeRO partitions are per rank and per stage: they only load into the same layout."""
+def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, config_hash: str, balance: bool,
+                     where: str) -> None:
+    """ZeRO partitions are per rank and per stage: they only load into the same layout. The losses'
+    balance is part of the optimisation: a run does not switch it on or off halfway."""
     if (state.world_size, state.zero_stage) != (world_size, zero_stage):
         raise CheckpointError(
             f"checkpoint {where} was written by {state.world_size} workers with ZeRO stage {state.zero_stage}; "
@@ -141,6 +143,12 @@ def check_compatible(state: TrainState, *, world_size: int, zero_stage: int, con
         raise CheckpointError(
             f"checkpoint {where} was trained with another model config (hash {state.config_hash}, "
             f"this run {config_hash}): its weights do not fit; train under another name."
+        )
+    if state.balance != balance:
+        raise CheckpointError(
+            f"checkpoint {where} was trained with train.loss.balance {'per_loss_rms' if state.balance else 'sum'}; "
+            f"this run has {'per_loss_rms' if balance else 'sum'}. Resume with the same train.loss.balance, "
+            "or train under another name."
         )
 
 

@@ -141,16 +141,19 @@ def mlflow_logger(tracking_uri: str, run_id: str) -> Callable[[int, dict], None]
 
 
 @contextmanager
-def fetched_checkpoint(rank: int, balanced: bool):
-    """(directory, location) of the files this rank needs from the latest checkpoint, or None."""
+def fetched_checkpoint(rank: int):
+    """(directory, location, TrainState) of the latest checkpoint with the files this rank needs
+    (its state says which), or None."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="onegen-resume-") as tmp:
-        names = [checkpoints.STATE, checkpoints.WEIGHTS, checkpoints.optimizer_file(rank)]
-        names += [checkpoints.balance_file(rank)] if balanced else []
-        yield tmp, checkpoints.fetch(checkpoint, names, tmp)
+        where = checkpoints.fetch(checkpoint, [checkpoints.STATE], tmp)
+        state = checkpoints.read_state(tmp, where)
+        names = [checkpoints.WEIGHTS, checkpoints.optimizer_file(rank)]
+        checkpoints.fetch(checkpoint, names + ([checkpoints.balance_file(rank)] if state.balance else []), tmp)
+        yield tmp, where, state
 
 
 class Progress:
@@ -175,14 +178,13 @@ def start_engine(cfg: PipelineConfig, rank: int, world: int, config_hash: str):
     this rank's optimizer partition, the LR schedule and the losses' running RMS."""
     model = build_model(cfg.train)
     balanced = cfg.train.loss.balanced
-    with fetched_checkpoint(rank, balanced) as found:
+    with fetched_checkpoint(rank) as found:
         if found is None:
             engine = initialize(model, cfg)
             return engine, balance_for(engine, balanced), None
-        directory, where = found
-        state = checkpoints.read_state(directory, where)
+        directory, where, state = found
         checkpoints.check_compatible(state, world_size=world, zero_stage=cfg.workers.deepspeed.zero_stage,
-                                     config_hash=config_hash, where=where)
+                                     config_hash=config_hash, balance=balanced, where=where)
         checkpoints.load_weights(directory, model, where)
         engine = initialize(model, cfg)
         checkpoints.load_optimizer(directory, engine.optimizer, rank, state, where)

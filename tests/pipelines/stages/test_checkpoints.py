@@ -46,7 +46,7 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
     fresh = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer)
     loaded = checkpoints.read_state(good)
     assert loaded == state
-    checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, config_hash="abc", where="x")
+    checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, config_hash="abc", balance=False, where="x")
     checkpoints.load_weights(good, fresh)
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), tiny_model.parameters()))
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
@@ -72,7 +72,9 @@ def test_checkpoint_round_trip_and_clear_errors_for_corrupt_checkpoints(tiny_mod
         checkpoints.read_state(bad_state)
     # A checkpoint of another layout names itself and what differs.
     with pytest.raises(checkpoints.CheckpointError, match="written by 1 workers with ZeRO stage 1; this run has 2 workers"):
-        checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, config_hash="abc", where=str(good))
+        checkpoints.check_compatible(loaded, world_size=2, zero_stage=1, config_hash="abc", balance=False, where=str(good))
+    with pytest.raises(checkpoints.CheckpointError, match="trained with train.loss.balance sum; this run has per_loss_rms"):
+        checkpoints.check_compatible(loaded, world_size=1, zero_stage=1, config_hash="abc", balance=True, where=str(good))
 
 
 def test_the_losses_running_rms_is_saved_and_restored_with_the_checkpoint(tmp_path):
