@@ -306,6 +306,23 @@ def example_rows(data_dir: str | Path, split: str, sample: int | None = None) ->
     return rows
 
 
+def questions_and_gold(rows: Sequence[dict]) -> tuple[list[str], list[set[str]]]:
+    """Each example row's question (the user's message) and its gold pages (every hop's positives)."""
+    return ([r["messages"][0]["content"] for r in rows],
+            [{d for ids in r["positives"] for d in ids} for r in rows])
+
+
+def minilm_vectors(data_dir: str | Path, corpus, questions: Sequence[str]):
+    """(question vectors, document vectors) of the MiniLM baseline, the corpus's cached beside the
+    data as the evaluate stage caches them."""
+    from components.retrieval.minilm import MiniLMRetriever
+    from pipelines.stages.evaluate import minilm_corpus
+
+    retriever = MiniLMRetriever()
+    docs, _ = minilm_corpus(str(data_dir), corpus, retriever.encode, None)
+    return retriever.encode(list(questions)), docs
+
+
 # -- results -----------------------------------------------------------------------------------
 
 

@@ -24,12 +24,12 @@ from bench.common import (
     device_string,
     example_rows,
     load_trained,
+    minilm_vectors,
+    questions_and_gold,
     write_result,
     write_results_md,
 )
 from components.eval import free_running
-from components.retrieval.minilm import MiniLMRetriever
-from pipelines.stages.evaluate import minilm_corpus
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,12 +43,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model, index = load_trained(args.model, args.index)
     rows = example_rows(args.data, args.split)
-    questions = [r["messages"][0]["content"] for r in rows]
-    gold = [{d for ids in r["positives"] for d in ids} for r in rows]
+    questions, gold = questions_and_gold(rows)
     ours = [[h.doc_id for h in hits] for hits in index.search(model.embed_queries(questions).numpy(), args.top_k)]
-    retriever = MiniLMRetriever()
-    minilm_docs, _ = minilm_corpus(args.data, index.corpus, retriever.encode, None)
-    theirs = free_running.top_n(retriever.encode(questions), minilm_docs, index.corpus.ids, [args.top_k] * len(rows))
+    minilm_questions, minilm_docs = minilm_vectors(args.data, index.corpus, questions)
+    theirs = free_running.top_n(minilm_questions, minilm_docs, index.corpus.ids, [args.top_k] * len(rows))
     figures = {**free_running.summary("ours", ours, gold), **free_running.summary("minilm", theirs, gold)}
     print({k: round(v, 3) for k, v in figures.items()}, file=sys.stderr)
     mine, base = figures["ours_evidence_recall"], figures["minilm_evidence_recall"]

@@ -24,14 +24,14 @@ from bench.common import (
     device_string,
     example_rows,
     load_trained,
+    minilm_vectors,
+    questions_and_gold,
     write_result,
     write_results_md,
 )
 from components.config import GenerationConfig
 from components.eval import free_running
 from components.generation.decoder import InStreamDecoder
-from components.retrieval.minilm import MiniLMRetriever
-from pipelines.stages.evaluate import minilm_corpus
 
 
 def policy(text: str) -> tuple[int, int]:
@@ -53,11 +53,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model, index = load_trained(args.model, args.index)
     rows = example_rows(args.data, args.split, args.questions)
-    questions = [r["messages"][0]["content"] for r in rows]
-    gold = [{d for ids in r["positives"] for d in ids} for r in rows]
-    retriever = MiniLMRetriever()
-    minilm_docs, _ = minilm_corpus(args.data, index.corpus, retriever.encode, None)
-    minilm_questions = retriever.encode(questions)
+    questions, gold = questions_and_gold(rows)
+    minilm_questions, minilm_docs = minilm_vectors(args.data, index.corpus, questions)
     prompts = [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
     decoder = InStreamDecoder(model, index)
 
