@@ -9,6 +9,18 @@ python=${PYTHON:-python3}
 # --no-compile: pip byte-compiles on one core; compileall below uses both.
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile)
 
+# WordNet 3.0, the word senses entity linking reads (DATA.md): Debian's wordnet-base, where missing.
+# Checked on every run (a file test), before the stamp: the venv may be current while the system lost it.
+if [ ! -f /usr/share/wordnet/data.noun ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing WordNet 3.0 (Debian's wordnet-base)" >&2
+        apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null
+    else
+        echo "setup: WordNet 3.0 is missing; install it with 'sudo apt-get install -y wordnet-base'" \
+             "(onegen data build needs it for entity linking, or run it with --linking false)" >&2
+    fi
+fi
+
 stamp=.venv/.onegen-setup
 want=$(cat pyproject.toml infra/constraints.txt infra/offline-packages.txt infra/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" == "$want" ]; then

@@ -18,20 +18,29 @@ that the model cannot match by copying). The corpus itself, and so the index, is
     {"id": "ict-London", "messages": [..., {"role": "assistant", "content": "[RQ] London."}],
      "positives": [["London"]], "redact": ["It stands on the River Thames."]}
 
+Entity linking rows (`components/data/linking.py`) use `[EL]` the same way: one positive list per
+`[RQ]` or `[EL]`, in the order they occur; an `[EL]` inserts no passage, so it redacts nothing.
+
 A document is `{"id", "title", "text"}`. Models here check one row alone; checks that need the
 corpus or other rows (unknown ids, duplicates) live in `validation.py`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from components.tokens import ALL, QUERY
+from components.tokens import ALL, ENTITY, QUERY
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+# The tokens whose state is matched against documents: one positive list per occurrence, in order.
+RETRIEVAL = (QUERY, ENTITY)
+_RET = f"retrieval tokens ({QUERY} or {ENTITY})"
+# Splits an answer into text, token, text, ..., text (`re.split` keeps the captured tokens).
+RETRIEVAL_PATTERN = re.compile("(" + "|".join(re.escape(t) for t in RETRIEVAL) + ")")
 
 
 def _not_blank(value: str) -> str:
@@ -40,7 +49,7 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _problem(kind: str, field: str, message: str) -> PydanticCustomError:
+def field_problem(kind: str, field: str, message: str) -> PydanticCustomError:
     """A model-level error that still names its field and kind (see validation.RowError)."""
     return PydanticCustomError(kind, "{field}: " + message, {"field": field})
 
@@ -83,32 +92,36 @@ class Example(BaseModel):
     @model_validator(mode="after")
     def _retrieval_tokens_match_documents(self) -> Example:
         if self.messages[-1].role != "assistant":
-            raise _problem("invalid_value", "messages", "the last message must be the assistant's (it is what is trained)")
+            raise field_problem("invalid_value", "messages", "the last message must be the assistant's (it is what is trained)")
         for i, message in enumerate(self.messages[:-1]):
-            if QUERY in message.content:
-                raise _problem("invalid_value", f"messages[{i}].content", f"{QUERY} may appear only in the final assistant message")
-        n_queries = self.messages[-1].content.count(QUERY)
+            for token in RETRIEVAL:
+                if token in message.content:
+                    raise field_problem("invalid_value", f"messages[{i}].content", f"{token} may appear only in the final assistant message")
+        n_queries = sum(self.messages[-1].content.count(token) for token in RETRIEVAL)
         if n_queries != len(self.positives):
-            raise _problem(
+            raise field_problem(
                 "rq_count_mismatch", "positives",
-                f"the assistant text has {n_queries} {QUERY} but there are {len(self.positives)} positive lists (one per {QUERY})",
+                f"the assistant text has {n_queries} {_RET} but there are {len(self.positives)} positive lists (one per {_RET})",
             )
         for i, ids in enumerate(self.positives):
             if not ids:
-                raise _problem("rq_count_mismatch", f"positives[{i}]", f"every {QUERY} needs at least one document id")
+                raise field_problem("rq_count_mismatch", f"positives[{i}]", "every retrieval token needs at least one document id")
         if self.negatives and len(self.negatives) != n_queries:
-            raise _problem(
+            raise field_problem(
                 "rq_count_mismatch", "negatives",
-                f"{len(self.negatives)} lists for {n_queries} {QUERY} (give one per {QUERY}, or none)",
+                f"{len(self.negatives)} lists for {n_queries} {_RET} (give one per token, or none)",
             )
         if self.redact and len(self.redact) != n_queries:
-            raise _problem(
+            raise field_problem(
                 "rq_count_mismatch", "redact",
-                f"{len(self.redact)} entries for {n_queries} {QUERY} (give one per {QUERY}, null for none, or none at all)",
+                f"{len(self.redact)} entries for {n_queries} {_RET} (give one per token, null for none, or none at all)",
             )
+        for i, token in enumerate(self.retrieval_tokens):
+            if token == ENTITY and self.redaction_for(i) is not None:
+                raise field_problem("invalid_value", f"redact[{i}]", f"{ENTITY} inserts no passage, so it has nothing to redact: give null")
         for i, (pos, neg) in enumerate(zip(self.positives, self.negatives)):
             if set(pos) & set(neg):
-                raise _problem("invalid_value", f"negatives[{i}]", f"{sorted(set(pos) & set(neg))} also listed as positive")
+                raise field_problem("invalid_value", f"negatives[{i}]", f"{sorted(set(pos) & set(neg))} also listed as positive")
         return self
 
     @property
@@ -118,6 +131,11 @@ class Example(BaseModel):
     @property
     def answer(self) -> str:
         return self.messages[-1].content
+
+    @property
+    def retrieval_tokens(self) -> list[str]:
+        """The answer's [RQ] and [EL] in order: hop i's documents are positives[i]."""
+        return RETRIEVAL_PATTERN.findall(self.answer)
 
     def negatives_for(self, hop: int) -> list[str]:
         return self.negatives[hop] if self.negatives else []

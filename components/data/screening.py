@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from components.data.corpus import Corpus
+from components.data.linking import LinkedText
 from components.data.redaction import redacted
 from components.data.schema import Document, Example
 
@@ -235,6 +236,30 @@ def example_check(corpus: Corpus):
         return example
 
     return check
+
+
+def linked_text_check(entity_ids: Container[str]):
+    """A row check for linking texts: the record parses, its id is new, and every mention's gold
+    entity and candidates are in the knowledge base."""
+    unique = UniqueIds()
+
+    def check(raw: bytes | dict, row: int) -> LinkedText:
+        text = _parse(LinkedText, raw, row)
+        unique(text.id, row)
+        for i, mention in enumerate(text.mentions):
+            for j, entity in enumerate(mention.candidates):
+                if entity not in entity_ids:
+                    raise RowError(row, f"mentions[{i}].candidates[{j}]", "unknown_document",
+                                   f"no entity with id {entity!r} in the knowledge base")
+        return text
+
+    return check
+
+
+def iter_linked_texts(
+    path: str | Path, entity_ids: Container[str], report: ScreenReport, quarantine: Path | None = None
+) -> Iterator[LinkedText]:
+    return screen(read_lines(path), linked_text_check(entity_ids), quarantine, report)
 
 
 def iter_examples(

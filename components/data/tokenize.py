@@ -6,6 +6,8 @@ strings afterwards:
     chat prompt (CTX) · answer text (GEN) · [RQ] (GEN|RET) · <paragraph> passage </paragraph> (CTX)
     · answer text (GEN) · ... · end of turn (GEN, up to and including EOS)
 
+An entity-linking row's `[EL]` (GEN|RET) is followed by nothing inserted: the next mention is GEN.
+
 so `labels` hold targets on GEN tokens only: the model learns to emit `[RQ]`, never the
 `<paragraph>` the system inserts after it. A document row is its text followed by `[RD]`.
 Passages and documents are rendered by the same functions at training and inference time.
@@ -20,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from components import tokens as st
 from components.config import FormatConfig
 from components.data.corpus import Corpus
-from components.data.schema import Document, Example, Message
+from components.data.schema import RETRIEVAL_PATTERN, Document, Example, Message
 from components.data.screening import RowError, redacted_positive
 from components.tokens import Role
 
@@ -35,7 +37,7 @@ class EncodedExample:
     id: str
     input_ids: list[int]
     labels: list[int]
-    query_positions: list[int]  # positions whose input is [RQ]
+    query_positions: list[int]  # positions whose input is [RQ] or [EL]
     doc_ids: list[str]  # documents this row refers to; an id twice only if one hop redacts it
     doc_input_ids: list[list[int]]  # each ends with [RD]; a redacted document's without the cut text
     positives: list[list[int]]  # per query: indices into doc_ids; the first was inserted
@@ -126,15 +128,15 @@ class Formatter:
             negatives.append([_index(docs, (d, None), corpus[d]) for d in example.negatives_for(hop)])
 
         query_positions, hop_ends = [], []
-        segments = example.answer.split(st.QUERY)
-        for hop, segment in enumerate(segments):
-            seq.add(self.text(segment), Role.GEN)
-            if hop == len(segments) - 1:
-                break
+        segments = RETRIEVAL_PATTERN.split(example.answer)  # text, token, text, token, ..., text
+        for hop, token in enumerate(segments[1::2]):
+            seq.add(self.text(segments[2 * hop]), Role.GEN)
             query_positions.append(len(seq.ids))
-            seq.add([self.query_id], Role.GEN | Role.RET)
-            seq.add(self.passage(inserted[hop]), Role.CTX)
+            seq.add([self.special[token]], Role.GEN | Role.RET)
+            if token == st.QUERY:  # [EL] links and decoding goes on: nothing is inserted
+                seq.add(self.passage(inserted[hop]), Role.CTX)
             hop_ends.append(len(seq.ids))
+        seq.add(self.text(segments[-1]), Role.GEN)
         seq.add(*self._end_of_turn(tail))
 
         truncated = 0

@@ -5,9 +5,16 @@
     fanoutqa_train.jsonl, fanoutqa_dev.jsonl, leaves_train.jsonl, questions_train.jsonl,
     ict_train.jsonl                       the same rows, per source
     minilm_corpus.npy / .json             MiniLM's corpus matrix, reused by later stages
+    entities_wordnet.jsonl                the WordNet knowledge base (synsets as documents); the
+                                          vital articles are the other one, corpus.jsonl itself
+    linking_wikipedia_train.jsonl, linking_wordnet_train.jsonl
+                                          entity-linking rows ([EL]) of the training split
+    linking_wikipedia_dev.jsonl, linking_wordnet_dev.jsonl
+                                          held-out linking texts with their gold mentions
     quarantine.jsonl                      rows that failed, with the reason (only if any did)
     stats.json                            counts per source, per file and per split
 
+train.jsonl and dev.jsonl are the RAG rows; linking is in its own files, for presets to mix in.
 Source rows are screened before they are written (so the files hold only good rows), then every
 written file is read back through `components.data.screening`: the counts reported are of rows that
 pass the schema and the corpus checks on disk, not of rows the builders meant to write.
@@ -23,8 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.data.corpus import Corpus
+from components.data.linking import linking_example
 from components.data.schema import Example
-from components.data.screening import ScreenReport, example_check, iter_examples, load_corpus, screen
+from components.data.screening import (
+    ScreenReport,
+    example_check,
+    iter_examples,
+    iter_linked_texts,
+    linked_text_check,
+    load_corpus,
+    screen,
+)
 from components.datasets.config import BuildConfig
 from components.datasets.fanoutqa import (
     NegativeMiner,
@@ -35,7 +51,9 @@ from components.datasets.fanoutqa import (
     source_question_id,
 )
 from components.datasets.inverse_cloze import ict_examples
+from components.datasets.named_entities import NamedEntityReport, named_entity_texts
 from components.datasets.vital_articles import VitalArticles, read_summaries, vital_articles
+from components.datasets.wordnet import WordNet, read_wordnet, wordnet_texts
 
 QUARANTINE = "quarantine.jsonl"
 SPLITS = ("train", "dev")
@@ -44,7 +62,8 @@ SPLITS = ("train", "dev")
 @dataclass
 class FileCount:
     screen: ScreenReport
-    hops: int | None = None  # [RQ] in the rows kept (None for the corpus)
+    hops: int | None = None  # [RQ] (or [EL], or gold mentions: `unit`) in the rows kept; None for documents
+    unit: str = "[RQ]"
 
 
 @dataclass
@@ -72,7 +91,7 @@ class BuildReport:
         lines += [f"  {r.summary()}" for r in self.sources.values()]
         lines.append(f"files in {self.out_dir} (read back):")
         for name, f in self.files.items():
-            hops = f", {f.hops} [RQ]" if f.hops is not None else ""
+            hops = f", {f.hops} {f.unit}" if f.hops is not None else ""
             lines.append(f"  {name}: read {f.screen.read} = kept {f.screen.kept} + quarantined {f.screen.quarantined}{hops}")
         lines.append(f"took {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -103,10 +122,10 @@ def _write_jsonl(path: Path, rows: Iterable[str]) -> None:
             f.write(row + "\n")
 
 
-def _read_back(path: Path, corpus: Corpus, quarantine: Path) -> FileCount:
+def _read_back(path: Path, corpus: Corpus, quarantine: Path, unit: str = "[RQ]") -> FileCount:
     report = ScreenReport(source=path.name)
     hops = sum(len(e.positives) for e in iter_examples(path, corpus, report, quarantine))
-    return FileCount(report, hops)
+    return FileCount(report, hops, unit)
 
 
 def build_datasets(
@@ -116,6 +135,7 @@ def build_datasets(
     summaries: dict[str, dict] | None = None,  # the vital articles; default: the installed package
     questions: list[dict] | None = None,  # FanOutQA questions; default: the installed dev file
     miner: NegativeMiner | None = None,  # default: MiniLM top-`negatives` (tests inject their own)
+    wordnet: WordNet | None = None,  # default: read from config.wordnet_dir
 ) -> BuildReport:
     start = time.perf_counter()
     out = Path(out_dir)
@@ -169,6 +189,49 @@ def build_datasets(
         _write_jsonl(path, (e.model_dump_json() for e in examples))
         report.files[path.name] = _read_back(path, corpus, quarantine)
 
+    if config.linking:
+        _build_linking(out, config, articles, corpus, wordnet or read_wordnet(config.wordnet_dir), report)
+
     report.seconds = time.perf_counter() - start
     (out / "stats.json").write_text(json.dumps(report.stats(), indent=2) + "\n")
     return report
+
+
+def _build_linking(out: Path, config: BuildConfig, articles: VitalArticles, corpus: Corpus, wordnet: WordNet,
+                   report: BuildReport) -> None:
+    """The linking files: texts split by their source, training rows in the Example schema."""
+    quarantine = out / QUARANTINE
+    wordnet_linked, kb = wordnet_texts(wordnet, config.wordnet_lemmas, config.seed)
+    _write_jsonl(out / "entities_wordnet.jsonl", (d.model_dump_json() for d in kb))
+    entities, entities_report = load_corpus(out / "entities_wordnet.jsonl", quarantine)
+    report.files["entities_wordnet.jsonl"] = FileCount(entities_report)
+
+    named = NamedEntityReport()
+    texts = {"wikipedia": named_entity_texts(articles, named), "wordnet": wordnet_linked}
+    described = {
+        "wikipedia": f"entity linking, {named.texts} of {named.sentences} vital-article sentences ({named.uncertain} left out: "
+                     f"an ambiguous name outside its articles), {named.mentions['ambiguous']} ambiguous and "
+                     f"{named.mentions['unambiguous']} unambiguous mentions",
+        "wordnet": f"word senses, {len(wordnet_linked)} WordNet example sentences of {config.wordnet_lemmas or 'all'} lemmas, "
+                   f"{len(kb)} synsets",
+    }
+    # One knowledge base for the checks: the articles and the synsets never share an id.
+    both = Corpus([*corpus, *entities])
+    for kb_name, linked in texts.items():
+        checked = ScreenReport(source=described[kb_name])
+        kept = list(screen(((n, t.model_dump()) for n, t in enumerate(linked, start=1)), linked_text_check(both), quarantine, checked))
+        report.sources[f"linking_{kb_name}"] = checked
+        dev = [t for t in kept if split_of(t.source, config.linking_dev_fraction) == "dev"]
+        train = [t for t in kept if split_of(t.source, config.linking_dev_fraction) == "train"]
+        rows = [linking_example(t, config.linking_negatives) for t in train]
+        train_rows = list(screen(enumerate(rows, start=1), example_check(both), quarantine, ScreenReport(source=f"linking_{kb_name}_train")))
+        _write_jsonl(out / f"linking_{kb_name}_train.jsonl", (e.model_dump_json() for e in train_rows))
+        report.files[f"linking_{kb_name}_train.jsonl"] = _read_back(out / f"linking_{kb_name}_train.jsonl", both, quarantine, "[EL]")
+        _write_jsonl(out / f"linking_{kb_name}_dev.jsonl", (t.model_dump_json() for t in dev))
+        report.files[f"linking_{kb_name}_dev.jsonl"] = _read_back_linked(out / f"linking_{kb_name}_dev.jsonl", both, quarantine)
+
+
+def _read_back_linked(path: Path, entity_ids, quarantine: Path) -> FileCount:
+    report = ScreenReport(source=path.name)
+    mentions = sum(len(t.mentions) for t in iter_linked_texts(path, entity_ids, report, quarantine))
+    return FileCount(report, mentions, "gold mentions")

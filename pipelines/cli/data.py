@@ -23,7 +23,7 @@ from pipelines.cli.command import Command, UsageError, chosen, field_errors, fie
 
 
 class Build(Command, BuildConfig):
-    """Corpus, train and dev JSONL from the vital articles and FanOutQA dev."""
+    """Corpus, train and dev JSONL from the vital articles and FanOutQA dev; entity-linking files from them and WordNet."""
 
     out: Path = Field(Path("data"), description="output directory")
 

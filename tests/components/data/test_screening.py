@@ -39,6 +39,10 @@ def row(**changes):
         (row(messages=[{"role": "user", "content": "q[RQ]"}, GOOD["messages"][1]]), "messages[0].content", "invalid_value"),
         (row(redact=["born", None]), "redact", "rq_count_mismatch"),
         (row(redact=[" "]), "redact[0]", "empty_text"),
+        # [EL] is a retrieval token too: one positive list each, counted with the [RQ]s, nothing to redact.
+        (row(messages=[GOOD["messages"][0], {"role": "assistant", "content": "Ada[EL] London[RQ]"}]), "positives", "rq_count_mismatch"),
+        (row(messages=[{"role": "user", "content": "x[EL]"}, GOOD["messages"][1]]), "messages[0].content", "invalid_value"),
+        (row(messages=[GOOD["messages"][0], {"role": "assistant", "content": "Ada[EL]"}], redact=["Ada"]), "redact[0]", "invalid_value"),
     ],
 )
 def test_bad_example_rows_name_row_field_and_kind(raw, field, kind):

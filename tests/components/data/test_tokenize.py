@@ -49,6 +49,22 @@ def test_each_hop_inserts_its_first_positive(formatter, small_corpus):
         assert tokens[-1] == formatter.document_id
 
 
+def test_a_linking_row_trains_each_el_with_nothing_inserted_after_it(formatter, small_corpus):
+    example = make_example("Ada Lovelace[EL] London[EL]", [["ada"], ["london"]], [["byron"], []],
+                           prompt="Link the entities in this text:\nAda Lovelace was born in London.")
+    enc = formatter.example(example, small_corpus, 512)
+    ids, labels = enc.input_ids, enc.labels
+    first, second = enc.query_positions
+    assert ids[first] == ids[second] == formatter.special[st.ENTITY]
+    assert labels[first] == labels[second] == formatter.special[st.ENTITY]  # GEN: the model learns to emit it
+    # No passage: the next mention follows [EL] at once, and is itself a target.
+    assert formatter.special[st.PARAGRAPH_OPEN] not in ids
+    assert decode(formatter, ids[first + 1 : second]).strip() == "London" and labels[first + 1] != IGNORE
+    assert enc.doc_ids == ["ada", "byron", "london"] and enc.positives == [[0], [2]] and enc.negatives == [[1], []]
+    batch = Collator(formatter.pad_id)([enc])
+    assert batch.query_cols.tolist() == [first, second]  # the contrastive loss reads the [EL] states
+
+
 def test_documents_and_passages_are_truncated_to_the_format(formatter, small_corpus):
     from components.config import FormatConfig
     from components.data.tokenize import Formatter

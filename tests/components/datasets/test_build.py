@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from components.data.screening import ScreenReport, iter_examples, load_corpus
+from components.data.corpus import Corpus
+from components.data.screening import ScreenReport, iter_examples, iter_linked_texts, load_corpus
 from components.datasets.build import BuildConfig, build_datasets, split_of
+from components.datasets.wordnet import read_wordnet
 from tests.components.datasets.samples import ARTICLES, QUESTIONS, FirstOthers, kept_ids
+from tests.components.datasets.wordnet_sample import write_wordnet
 
 
 def test_split_is_a_stable_function_of_the_id():
@@ -24,7 +27,8 @@ def test_split_is_a_stable_function_of_the_id():
 
 
 def _build(out: Path, **kwargs):
-    return build_datasets(out, BuildConfig(**kwargs), summaries=ARTICLES, questions=QUESTIONS, miner=FirstOthers(kept_ids()))
+    return build_datasets(out, BuildConfig(**kwargs), summaries=ARTICLES, questions=QUESTIONS, miner=FirstOthers(kept_ids()),
+                          wordnet=read_wordnet(write_wordnet(out.parent / f"{out.name}-wordnet")))
 
 
 @pytest.mark.timeout(60)
@@ -66,6 +70,28 @@ def test_build_writes_clean_files_and_counts_them(tmp_path):
     assert record["kind"] == "empty_text" and record["raw"]["id"] == "Blank"
     assert "summaries_en-us.json: read 8 = kept 7 + quarantined 1 (empty_text=1)" in report.summary()
     assert "train.jsonl: read 16 = kept 16 + quarantined 0, 19 [RQ]" in report.summary()
+
+
+@pytest.mark.timeout(60)
+def test_build_writes_linking_rows_split_by_source(tmp_path):
+    report = _build(tmp_path, linking_dev_fraction=0.5)
+    corpus, _ = load_corpus(tmp_path / "corpus.jsonl")
+    entities, _ = load_corpus(tmp_path / "entities_wordnet.jsonl")
+    assert len(entities) == 5 and not set(entities.ids) & set(corpus.ids)
+    both = Corpus([*corpus, *entities])
+    for kb in ("wikipedia", "wordnet"):
+        screens = ScreenReport(source="train"), ScreenReport(source="dev")
+        train = list(iter_examples(tmp_path / f"linking_{kb}_train.jsonl", both, screens[0]))
+        dev = list(iter_linked_texts(tmp_path / f"linking_{kb}_dev.jsonl", both, screens[1]))
+        assert screens[0].quarantined == screens[1].quarantined == 0
+        assert len(train) + len(dev) == report.sources[f"linking_{kb}"].kept > 0
+        dev_sources = {t.source for t in dev}
+        assert all(split_of(t.source, 0.5) == "dev" for t in dev)
+        for row in train:  # a training row's source is never a held-out one
+            assert row.retrieval_tokens == ["[EL]"] * len(row.positives)
+            assert not any(row.id.startswith(f"el-{s}-") for s in dev_sources)
+        assert report.files[f"linking_{kb}_dev.jsonl"].hops == sum(len(t.mentions) for t in dev)
+    assert "[EL]" in report.summary() and "gold mentions" in report.summary()
 
 
 @pytest.mark.timeout(60)
@@ -118,3 +144,6 @@ def test_build_from_the_installed_packages(tmp_path):
     assert report.files["ict_train.jsonl"].screen.kept == 20
     assert not (tmp_path / "quarantine.jsonl").exists()
     assert not (tmp_path / "minilm_corpus.npy").exists()
+    # Linking from the real sources: the articles' sentences and the installed WordNet's examples.
+    assert report.sources["linking_wikipedia"].kept > 15_000 and report.sources["linking_wordnet"].kept > 2_000
+    assert report.files["entities_wordnet.jsonl"].screen.kept > 4_000
