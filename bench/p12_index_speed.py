@@ -8,9 +8,10 @@ Goal: ≥ 3.
 What changed, and what did not, is in the notes the JSON carries: the document view is the
 preset's `max_document_tokens` (training embeds documents the same way), the batch its
 `index.batch_size`, and on a CPU a batch's width is no longer rounded up to a multiple of 8.
-bf16 autocast is not used: these CPUs have no bf16 instructions (measured 6x slower than fp32
-here), and dynamically quantised int8 weights leave document vectors far from the fp32 ones (mean
-cosine 0.75), so neither is a default. The whole-corpus rate the index stage
+The recipe's precision is the preset's `index.precision` ("auto": bf16 autocast on a CPU with
+AVX512-BF16, fp32 elsewhere); where that is bf16 the recipe is also timed in fp32 (`now_fp32`), so
+both effects show. On an AVX2-only CPU bf16 ran 6x slower than fp32, and dynamically quantised
+int8 weights leave document vectors far from the fp32 ones (mean cosine 0.75): neither is used there. The whole-corpus rate the index stage
 reaches is logged to MLflow by the stage itself (`index_docs_per_s`).
 """
 
@@ -26,6 +27,7 @@ from components.config import FormatConfig
 from components.data.corpus import Corpus
 from components.model.base import load_base
 from components.model.onegen import OneGenModel
+from components.model.precision import autocast, resolve
 from pipelines.config import load_config
 
 GOAL = 3.0
@@ -54,10 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     before = OneGenModel.build(lm, tokenizer, FormatConfig(max_document_tokens=BEFORE["max_document_tokens"])).eval()
     now = OneGenModel(before.lm, before.tokenizer, cfg.train.model.format).eval()  # the same weights
     docs = list(corpus)
-    runs = interleave({
+    precision = str(resolve(cfg.index.precision)).removeprefix("torch.")
+
+    def embed_now(precision_now):
+        with autocast(precision_now):
+            return now.embed_documents(docs, cfg.index.batch_size)
+
+    variants = {
         "before": lambda: timed(lambda: before.embed_documents(docs, BEFORE["batch_size"], BEFORE["pad_to"])),
-        "now": lambda: timed(lambda: now.embed_documents(docs, cfg.index.batch_size)),
-    }, reps=args.reps, warmup=1, max_rounds=2 * args.reps, log=lambda line: print(line, file=sys.stderr, flush=True))
+        "now": lambda: timed(lambda: embed_now(cfg.index.precision)),
+    }
+    if precision != "float32":
+        variants["now_fp32"] = lambda: timed(lambda: embed_now("float32"))
+    runs = interleave(variants, reps=args.reps, warmup=1, max_rounds=2 * args.reps, log=lambda line: print(line, file=sys.stderr, flush=True))
     raw = runs.report({"ratio": ("before", "now")})
     ratio = runs.med("before") / runs.med("now")  # docs/s now over docs/s before: the inverse ratio of their times
     tokens = {name: sum(len(m.formatter.document(d)) for d in docs) / len(docs) for name, m in (("before", before), ("now", now))}
@@ -65,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "id": "p12_index_throughput",
         "what": f"index embedding, documents/s: the {args.preset} recipe (document view {cfg.train.model.format.max_document_tokens} "
                 f"tokens, batch {cfg.index.batch_size}, widths unpadded) ÷ the recipe before (48 tokens, batch 32, widths padded to "
-                f"multiples of 8), fp32, {len(docs)} random documents",
+                f"multiples of 8, fp32), {precision} ({cfg.index.precision}), {len(docs)} random documents",
         "ratio": ratio,
         "goal": f">= {GOAL:g}",
         "met": ratio >= GOAL,
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"SmolLM2-135M-Instruct (fp32, OneGen tokens), {cfg.train.model.source}",
         "command": command_line("bench.p12_index_speed", argv),
         "documents": len(docs),
-        "docs_per_s": {"before": len(docs) / runs.med("before"), "now": len(docs) / runs.med("now")},
+        "precision": precision,
+        "docs_per_s": {name: len(docs) / runs.med(name) for name in variants},
         "tokens_per_document": tokens,
         "runs": raw,
         "load_average": load_average(),

@@ -8,6 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 
+# The float type of a forward: "auto" picks bf16 where the hardware is fast at it (components/model/precision.py).
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
 class FrozenConfig(BaseModel):
     """Configs are immutable and reject unknown keys, so a typo in a YAML preset is an error."""
 
@@ -135,6 +139,7 @@ class GenerationConfig(FrozenConfig):
     mode: Literal["rag", "link"] = Field(
         "rag", description="rag: [RQ] retrieves and inserts passages; link: entity linking, each mention then [EL]"
     )
+    kb: str = Field("wikipedia", description="link mode: the knowledge base whose entity index each [EL] searches")
     # The default budget, 4 passages, spent as one retrieval of the top 4: measured on the FanOutQA
     # training questions (the model's own answers, smollm2-cpu, whole corpus), evidence recall was
     # 0.309 as 1 × 4, 0.232 as 2 × 2 and 0.193 as 4 × 1: a 135M model's later queries, written

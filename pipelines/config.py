@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from components.config import FrozenConfig, GenerationConfig, IndexConfig, TrainConfig
+from components.config import FrozenConfig, GenerationConfig, IndexConfig, Precision, TrainConfig
 from components.datasets.config import BuildConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -87,6 +87,10 @@ class IndexStageConfig(FrozenConfig):
     batch_size: PositiveInt = Field(32, description="documents per forward pass")
     actors: PositiveInt = Field(1, description="embedding actors")
     cpus_per_actor: PositiveFloat = Field(1.0, description="logical CPUs per embedding actor")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 autocast where the CPU has AVX512-BF16 or the GPU supports bf16, fp32 elsewhere "
+                            "(components/model/precision.py has the measurements)"
+    )
 
 
 class EvaluateConfig(FrozenConfig):

@@ -17,7 +17,7 @@ matched to the nearest entity and decoding simply goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -122,11 +122,12 @@ class InStreamDecoder:
         self,
         model: OneGenModel,
         index: Index | None = None,
-        entity_index: Index | None = None,
+        entity_indexes: Mapping[str, Index] | None = None,  # knowledge base name → its entity index
         query_encoder: QueryEncoder | None = None,
         split_prefill: bool = True,  # False: one forward per step, every row padded to the widest
     ):
-        for name, idx in (("index", index), ("entity_index", entity_index)):
+        entity_indexes = dict(entity_indexes or {})
+        for name, idx in (("index", index), *((f"entity index {kb!r}", i) for kb, i in entity_indexes.items())):
             if idx is None:
                 continue
             expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
@@ -138,7 +139,7 @@ class InStreamDecoder:
         self.model = model
         self.query_encoder = query_encoder
         self.index = index
-        self.entity_index = entity_index
+        self.entity_indexes = entity_indexes
         self.split_prefill = split_prefill
         enc = model.formatter
         self.query_id = enc.query_id
@@ -269,7 +270,7 @@ class InStreamDecoder:
             row.pending = [token]
             if token == self.query_id and self._retrieving(row) and self.index is not None:
                 row.wants_vector = True
-            elif token == self.entity_id and row.cfg.mode == "link" and self.entity_index is not None:
+            elif token == self.entity_id and self._linking(row):
                 row.wants_vector = True
                 row.mention = (row.mention_start, len(row.generated) - 1)
                 row.mention_start = len(row.generated)
@@ -277,6 +278,9 @@ class InStreamDecoder:
         if searches:
             events += self._search(searches, hidden)
         return events
+
+    def _linking(self, row: _Row) -> bool:
+        return row.cfg.mode == "link" and row.cfg.kb in self.entity_indexes
 
     def _retrieving(self, row: _Row) -> bool:
         """May this row still emit [RQ]? (Without an index it is then a plain token, which a
@@ -293,7 +297,7 @@ class InStreamDecoder:
             logits[self.system_ids] = float("-inf")
             if cfg.mode == "rag" and not self._retrieving(row):
                 logits[self.query_id] = float("-inf")
-            if cfg.mode == "rag" or self.entity_index is None:
+            if not self._linking(row):
                 logits[self.entity_id] = float("-inf")
             if cfg.mode == "link":
                 logits[self.query_id] = float("-inf")
@@ -354,11 +358,10 @@ class InStreamDecoder:
     def _search(self, searches: list[tuple[int, _Row]], hidden: torch.Tensor) -> list[Event]:
         """One batched search for every row that just fed a RET token."""
         events = []
-        for mode in ("rag", "link"):
-            group = [(b, r) for b, r in searches if r.cfg.mode == mode]
-            if not group:
-                continue
-            index = self.index if mode == "rag" else self.entity_index
+        targets = {(r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None) for _, r in searches}
+        for mode, kb in sorted(targets, key=str):
+            group = [(b, r) for b, r in searches if (r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None) == (mode, kb)]
+            index = self.index if mode == "rag" else self.entity_indexes[kb]
             started = time.perf_counter()  # a baseline's query encoding counts as search time
             vectors = self._query_vectors(group, hidden)
             # Ask for enough hits that passages already inserted in an answer can be skipped.

@@ -23,6 +23,21 @@ from components.config import GenerationConfig
 from pipelines.cli.command import Command
 
 
+def load_local(model_dir: Path, index_dir: Path | None, command: str):
+    """(OneGenModel, DocumentIndex or None) from local directories, or None after printing why not."""
+    from components.model.onegen import OneGenModel
+    from components.retrieval.index import DocumentIndex, IndexFileError, IndexMismatchError
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries' start-up chatter stays off stdout
+            model = OneGenModel.from_pretrained(model_dir)
+            index = DocumentIndex.load(index_dir, expected_fingerprint=model.fingerprint()) if index_dir else None
+    except (FileNotFoundError, IndexFileError, IndexMismatchError) as err:
+        print(f"onegen {command}: {err}", file=sys.stderr)
+        return None
+    return model, index
+
+
 class Ask(Command, GenerationConfig):
     """Ask a question; print the answer and the retrieval trace."""
 
@@ -47,16 +62,11 @@ class Ask(Command, GenerationConfig):
 
     def _ask_in_process(self) -> int:
         from components.generation.decoder import InStreamDecoder
-        from components.model.onegen import OneGenModel
-        from components.retrieval.index import DocumentIndex, IndexFileError, IndexMismatchError
 
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # libraries' start-up chatter stays off stdout
-                model = OneGenModel.from_pretrained(self.model)
-                index = DocumentIndex.load(self.index, expected_fingerprint=model.fingerprint()) if self.index else None
-        except (FileNotFoundError, IndexFileError, IndexMismatchError) as err:
-            print(f"onegen ask: {err}", file=sys.stderr)
+        loaded = load_local(self.model, self.index, "ask")
+        if loaded is None:
             return 2
+        model, index = loaded
         prompt = model.formatter.prompt([{"role": "user", "content": self.question}])
         out = InStreamDecoder(model, index).generate([prompt], self.generation)[0]
         if self.as_json:

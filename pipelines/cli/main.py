@@ -21,6 +21,7 @@ from pipelines.cli.command import Command, UsageError
 from pipelines.cli.data import Data
 from pipelines.cli.index import Index
 from pipelines.cli.k8s import K8s
+from pipelines.cli.link import Link
 from pipelines.cli.main_job import MainJob
 from pipelines.cli.parsing import cli_source, parse, submodel
 from pipelines.cli.pipeline import PipelineCommand
@@ -56,6 +57,7 @@ class Onegen(BaseSettings):
     promote: CliSubCommand[Promote]
     serve: CliSubCommand[Serve]
     ask: CliSubCommand[Ask]
+    link: CliSubCommand[Link]
     k8s: CliSubCommand[K8s]
 
 

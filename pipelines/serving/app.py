@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -29,6 +29,7 @@ from ray import serve
 from components.config import FrozenConfig, GenerationConfig
 from components.generation.batcher import Batcher
 from components.generation.decoder import Event, InStreamDecoder
+from components.generation.linking import link_config, link_prompts, mentions
 from components.model.onegen import OneGenModel
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
@@ -192,7 +193,9 @@ class OneGenServer:
                 self.faiss = FaissHost(self.args.faiss_cpus, self.faiss_name)
             self.loads += 1
             index = self.faiss.open(f"{version}#{self.loads}", str(index_dir), model.fingerprint())
-        return Loaded(version, model, InStreamDecoder(model, index), index)
+        # The corpus is the vital articles, which are also the named-entity knowledge base.
+        entity_indexes = {"wikipedia": index} if index is not None else None
+        return Loaded(version, model, InStreamDecoder(model, index, entity_indexes), index)
 
     def _switch(self) -> None:
         previous, self.current = self.current, self._load()  # batches pick it up as they start
@@ -277,6 +280,32 @@ class OneGenServer:
         return {"object": "list", "model": self.served_name,
                 "data": [{"id": h.doc_id, "title": h.title, "text": h.text, "score": h.score} for h in hits]}  # fmt: skip
 
+    @app.post("/v1/link", response_model=api.LinkResponse)
+    async def link(self, body: api.LinkRequest) -> dict:
+        """Entity linking: mentions with their character spans, entities and scores."""
+        self._check_model(body.model)
+        current = self.current
+        if body.kb not in current.decoder.entity_indexes:
+            raise api.ApiError(400, f"this server has no entity index for the {body.kb!r} knowledge base", param="kb", code="no_index")
+        try:
+            prompt = link_prompts(current.model.formatter, [body.text], body.kb, [body.target])[0]
+        except ValueError as err:  # a wordnet request without its target word
+            raise api.ApiError(400, str(err), param="target") from None
+        max_tokens = body.max_tokens or min(len(current.model.formatter.text(body.text)) + 32, self.args.max_tokens_limit)
+        self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
+        config = link_config(GenerationConfig(max_new_tokens=max_tokens), body.kb)
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        while True:
+            event = await events.get()
+            if isinstance(event, BaseException):
+                raise event
+            if event.kind == "done":
+                g = event.generation
+                return {"model": self.served_name, "kb": body.kb, "text": body.text,
+                        "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip
+
     # -- generation ----------------------------------------------------------------------------
 
     async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int], chat: bool):
@@ -297,18 +326,9 @@ class OneGenServer:
                 return _completion(event, kind, self.served_name)
 
     def _config(self, body, prompt_tokens: int) -> GenerationConfig:
-        limit = self.args.max_tokens_limit
-        max_tokens = body.max_completion_tokens or body.max_tokens or limit
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.args.max_tokens_limit
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        if max_tokens > limit:
-            raise api.ApiError(400, f"{param} is {max_tokens}; this server allows at most {limit}", param=param)
-        context = self.current.decoder.max_context
-        if context and prompt_tokens + max_tokens > context:
-            raise api.ApiError(
-                400, f"this model's maximum context length is {context} tokens; the prompt has {prompt_tokens} "
-                f"and {param} asks for {max_tokens} more", param="messages" if hasattr(body, "messages") else "prompt",
-                code="context_length_exceeded",
-            )
+        self._check_budget(max_tokens, param, prompt_tokens, "messages" if hasattr(body, "messages") else "prompt")
         r = body.retrieval
         threshold = {"calibrated": self.current.model.retrieval_threshold, "argmax": None}.get(r.threshold, r.threshold)
         return GenerationConfig(
@@ -316,6 +336,18 @@ class OneGenServer:
             stop=body.stops, retrieval=r.enabled, top_k=r.top_k, max_retrievals=r.max_retrievals,
             retrieval_threshold=threshold,
         )
+
+    def _check_budget(self, max_tokens: int, param: str, prompt_tokens: int, prompt_param: str) -> None:
+        """A 400 naming the field when the answer may not fit the server's limit or the model's context."""
+        limit = self.args.max_tokens_limit
+        if max_tokens > limit:
+            raise api.ApiError(400, f"{param} is {max_tokens}; this server allows at most {limit}", param=param)
+        context = self.current.decoder.max_context
+        if context and prompt_tokens + max_tokens > context:
+            raise api.ApiError(
+                400, f"this model's maximum context length is {context} tokens; the prompt has {prompt_tokens} "
+                f"and {param} asks for {max_tokens} more", param=prompt_param, code="context_length_exceeded",
+            )
 
     def _check_model(self, name: str) -> None:
         if name != self.served_name:

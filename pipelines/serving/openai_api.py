@@ -107,6 +107,35 @@ class SearchRequest(_Request):
     model: str | None = None
 
 
+class LinkRequest(_Request):
+    """OneGen's entity linking: the model writes the text's mentions, each [EL] state is matched
+    against the knowledge base's entity index. No OpenAI counterpart."""
+
+    model: NonEmpty
+    text: NonEmpty
+    kb: Literal["wikipedia", "wordnet"] = "wikipedia"
+    target: NonEmpty | None = None  # wordnet: the word whose sense is asked
+    max_tokens: int | None = Field(None, gt=0)  # None: enough for the text's mentions (its length in tokens, plus some)
+
+
+class LinkedMentionOut(BaseModel):
+    text: str = Field(description="the mention as the model wrote it")
+    start: int | None = Field(description="character offset of the mention in `text`; null if the text lacks it")
+    end: int | None
+    entity_id: str
+    title: str
+    score: float
+
+
+class LinkResponse(BaseModel):
+    object: Literal["link"] = "link"
+    model: str
+    kb: str
+    text: str
+    mentions: list[LinkedMentionOut]
+    usage: dict[str, int]
+
+
 # -- responses (plain dicts: the shapes OpenAI's client parses) ---------------------------------
 
 

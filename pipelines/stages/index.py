@@ -22,10 +22,12 @@ import numpy as np
 import pyarrow.fs as pafs
 from mlflow import MlflowClient
 
+from components.config import Precision
 from components.data.corpus import Corpus
 from components.data.schema import Document
 from components.data.screening import load_corpus
 from components.model.onegen import OneGenModel
+from components.model.precision import autocast, resolve
 from components.platform import storage, tracking
 from components.retrieval.index import build_from_vectors
 from pipelines.config import PipelineConfig
@@ -43,6 +45,7 @@ class IndexReport:
     fingerprint: str
     seconds: float  # embedding (actor start and model load included) and FAISS build
     run_id: str
+    precision: str = "float32"  # what `index.precision` resolved to on the driver's node (the actors resolve it on theirs)
 
     @property
     def docs_per_s(self) -> float:
@@ -50,7 +53,7 @@ class IndexReport:
 
     def summary(self) -> str:
         return (f"indexed {self.documents} of {self.corpus_documents} documents, dimension {self.dimension}, {self.kind}, model "
-                f"{self.fingerprint}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
+                f"{self.fingerprint}, {self.precision}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
                 f"MLflow run {self.run_id}")
 
 
@@ -60,7 +63,8 @@ class IndexReport:
 class EmbedDocuments:
     """A Ray Data actor: loads the model once, then embeds batches of documents."""
 
-    def __init__(self, model_fs: pafs.FileSystem, model_path: str, fingerprint: str, batch_size: int, threads: int):
+    def __init__(self, model_fs: pafs.FileSystem, model_path: str, fingerprint: str, batch_size: int, threads: int,
+                 precision: Precision = "float32"):
         import torch
 
         torch.set_num_threads(threads)  # as many as the CPUs this actor reserved
@@ -68,15 +72,17 @@ class EmbedDocuments:
         self.model = OneGenModel.from_pretrained(local_dir(model_fs, model_path, self._scratch.name))
         if self.model.fingerprint() != fingerprint:  # the model was replaced since the stage started
             raise StageError(f"{model_path}: model {self.model.fingerprint()}, the stage indexes for {fingerprint}")
-        self.batch_size = batch_size
+        self.batch_size, self.precision = batch_size, precision
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         docs = [Document(id=str(i), title=str(t), text=str(x)) for i, t, x in zip(batch["id"], batch["title"], batch["text"])]
-        return {"position": batch["position"], "vector": self.model.embed_documents(docs, self.batch_size).numpy()}
+        with autocast(self.precision, self.model.device):
+            vectors = self.model.embed_documents(docs, self.batch_size).numpy()
+        return {"position": batch["position"], "vector": vectors}
 
 
 def embed_corpus(corpus: Corpus, model_location: str, fingerprint: str, endpoint: str | None, batch_size: int,
-                 actors: int, cpus_per_actor: float) -> np.ndarray:
+                 actors: int, cpus_per_actor: float, precision: Precision = "float32") -> np.ndarray:
     """[len(corpus), H] unit vectors, row i = corpus.at(i), embedded by an actor pool."""
     import ray
 
@@ -85,7 +91,7 @@ def embed_corpus(corpus: Corpus, model_location: str, fingerprint: str, endpoint
     embedded = ray.data.from_items(rows).map_batches(
         EmbedDocuments,
         fn_constructor_kwargs={"model_fs": fs, "model_path": path, "fingerprint": fingerprint,
-                               "batch_size": batch_size, "threads": max(1, int(cpus_per_actor))},
+                               "batch_size": batch_size, "threads": max(1, int(cpus_per_actor)), "precision": precision},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
@@ -118,14 +124,14 @@ def build(cfg: PipelineConfig) -> IndexReport:
             print(f"warning: {screened.summary()}", flush=True)
         started = time.perf_counter()
         vectors = embed_corpus(corpus, cfg.paths.model, fingerprint, endpoint, cfg.index.batch_size,
-                               cfg.index.actors, cfg.index.cpus_per_actor)
+                               cfg.index.actors, cfg.index.cpus_per_actor, cfg.index.precision)
         index = build_from_vectors(vectors, corpus, fingerprint, cfg.index.index)
         seconds = time.perf_counter() - started
 
         saved = _save(index, cfg.paths.index, endpoint, tmp / "index")
         report = IndexReport(
             location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus), dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
-            run_id=run_id,
+            run_id=run_id, precision=str(resolve(cfg.index.precision)).removeprefix("torch."),
         )
         _log(cfg, report, saved)
     return report
@@ -151,6 +157,7 @@ def _log(cfg: PipelineConfig, report: IndexReport, index_dir: Path) -> None:
                        "index_docs_per_s": report.docs_per_s}.items():
         client.log_metric(report.run_id, key, float(value))
     # Tags, not params: a rebuilt index replaces them (a param may never change).
-    for key, value in {"location": report.location, "fingerprint": report.fingerprint, "kind": report.kind}.items():
+    for key, value in {"location": report.location, "fingerprint": report.fingerprint, "kind": report.kind,
+                       "precision": report.precision}.items():
         client.set_tag(report.run_id, f"onegen.index.{key}", str(value))
     client.log_artifacts(report.run_id, str(index_dir), artifact_path="index")

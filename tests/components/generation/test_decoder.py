@@ -147,7 +147,7 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
 def test_entity_linking_mode_links_each_mention(random_setup):
     model, index, prompts = random_setup
     el = model.formatter.special[st.ENTITY]
-    decoder = InStreamDecoder(model, index=None, entity_index=index)
+    decoder = InStreamDecoder(model, index=None, entity_indexes={"wikipedia": index})
     with forced_token(model, el, calls={3, 7, 12}):
         out = decoder.generate([prompts[0]], GenerationConfig(mode="link", max_new_tokens=16))[0]
     positions = [i for i, t in enumerate(out.generated) if t == el]

@@ -47,3 +47,26 @@ def test_ask_reports_bad_input_without_a_traceback(saved, tmp_path, capsys):
     assert "not a OneGen model" in capsys.readouterr().err
     assert main(["ask", "q", "--model", str(saved / "model"), "--max_new_tokens", "0"]) == 2
     assert "max_new_tokens" in capsys.readouterr().err
+
+
+def test_link_prints_the_mentions_the_same_weights_find(saved, trained_tiny, capsys):
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
+    from components.generation.linking import link_texts
+
+    text = "The green cat met the red horse."
+    assert main(["link", text, "--model", str(saved / "model"), "--index", str(saved / "index"), "--json",
+                 "--max_new_tokens", "16"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    index = build_index(trained_tiny.model, trained_tiny.corpus)
+    want = link_texts(InStreamDecoder(trained_tiny.model, index, {"wikipedia": index}), [text], config=GenerationConfig(max_new_tokens=16))[0]
+    assert out["text"] == text and out["kb"] == "wikipedia"
+    assert [(m["text"], m["start"], m["entity_id"]) for m in out["mentions"]] == [(m.text, m.start, m.entity_id) for m in want]
+
+
+def test_link_reports_bad_input_without_a_traceback(saved, capsys):
+    assert main(["link", "a crane", "--model", str(saved / "model")]) == 2
+    assert "--index" in capsys.readouterr().err
+    assert main(["link", "a crane", "--model", str(saved / "model"), "--index", str(saved / "index"), "--kb", "wordnet",
+                 "--target", "crane"]) == 2  # fmt: skip
+    assert "no entity index for the 'wordnet'" in capsys.readouterr().err

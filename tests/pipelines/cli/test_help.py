@@ -14,7 +14,7 @@ from components.datasets.config import BuildConfig
 from pipelines.checkout import REPO
 from pipelines.cli.main import main
 
-COMMANDS = ["main", "up", "down", "status", "data", "prepare", "train", "index", "eval", "promote", "serve", "ask", "k8s"]
+COMMANDS = ["main", "up", "down", "status", "data", "prepare", "train", "index", "eval", "promote", "serve", "ask", "link", "k8s"]
 NESTED = [["data", "build"], ["data", "validate"], ["index", "build"], ["index", "search"]] + [
     ["k8s", action] for action in ("validate", "apply", "submit-train", "status", "logs", "delete")
 ]

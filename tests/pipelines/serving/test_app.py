@@ -141,7 +141,48 @@ def test_search_models_health_and_openapi(server):
     assert httpx.get(f"{server}/v1/models", headers=auth).json()["data"][0]["id"] == NAME
     assert httpx.get(f"{server}/healthz").json()["status"] == "ok"
     spec = httpx.get(f"{server}/openapi.json").json()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/search", "/v1/models", "/healthz"} <= set(spec["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/search", "/v1/link", "/v1/models", "/healthz"} <= set(spec["paths"])
+
+
+@pytest.mark.timeout(300)
+def test_link_answers_as_the_same_weights_do_in_process(server, trained_tiny):
+    from components.generation.decoder import InStreamDecoder
+    from components.generation.linking import link_texts
+
+    text = "The green cat met the red horse."
+    auth = {"Authorization": f"Bearer {KEY}"}
+    reply = httpx.post(f"{server}/v1/link", json={"model": NAME, "text": text, "max_tokens": 24}, headers=auth, timeout=120)
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["object"] == "link" and body["kb"] == "wikipedia" and body["text"] == text
+    index = build_index(trained_tiny.model, trained_tiny.corpus)
+    from components.config import GenerationConfig
+
+    expected = link_texts(InStreamDecoder(trained_tiny.model, index, {"wikipedia": index}), [text],
+                          config=GenerationConfig(max_new_tokens=24))[0]
+    assert [(m["text"], m["start"], m["entity_id"]) for m in body["mentions"]] == [(m.text, m.start, m.entity_id) for m in expected]
+    assert body["usage"]["prompt_tokens"] > len(text.split())
+
+
+LINK_BAD = [
+    ({"model": NAME, "text": "a crane", "kb": "wordnet", "target": "crane"}, "kb", "no entity index"),
+    ({"model": NAME, "text": "a crane", "kb": "freebase"}, "kb", None),
+    ({"model": NAME, "text": ""}, "text", None),
+    ({"model": NAME, "text": "a crane", "max_tokens": 65}, "max_tokens", "at most 64"),
+    ({"model": NAME, "text": "word " * 3000, "max_tokens": 8}, "text", "maximum context length"),
+    ({"model": NAME, "text": "a crane", "mentions": []}, "mentions", "Extra inputs"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("body", "param", "words"), LINK_BAD)
+def test_bad_link_requests_get_a_400_naming_the_field(server, body, param, words):
+    response = httpx.post(f"{server}/v1/link", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    if words:
+        assert words in error["message"]
 
 
 BAD = [

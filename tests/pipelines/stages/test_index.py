@@ -81,7 +81,8 @@ def test_stage_index_equals_the_in_process_index_and_logs_into_the_training_run(
     assert metrics["index_documents"] == 32 and metrics["index_seconds"] > 0 and metrics["index_docs_per_s"] > 0
     logged = {a.path for a in client.list_artifacts(report.run_id, "index")}
     assert logged == {"index/index.faiss", "index/documents.jsonl", "index/manifest.json"}
-    assert "indexed 32 of 32 documents" in report.summary()
+    assert "indexed 32 of 32 documents" in report.summary() and report.precision == "float32"
+    assert client.get_run(report.run_id).data.tags["onegen.index.precision"] == "float32"
 
 
 @pytest.mark.timeout(120)
