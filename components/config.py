@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-
 # The float type of a forward: "auto" picks bf16 where the hardware is fast at it (components/model/precision.py).
 Precision = Literal["auto", "float32", "bfloat16"]
 
