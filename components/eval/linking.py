@@ -1,0 +1,147 @@
+"""Entity-linking metrics and the baselines they are read beside.
+
+    detection      mention spans found: micro precision / recall / F1 over (text, start, end)
+    linking        accuracy on the gold mentions (each mention's span given), ambiguous and
+                   unambiguous mentions apart: an unambiguous one is a string matcher's for free
+    end to end     micro F1 over (text, start, end, entity): a mention counts when span and entity match
+
+Baselines on the same mentions and the same knowledge base:
+
+    most frequent  each surface form's most frequent entity among the training texts' gold mentions
+                   (unseen forms: the first candidate); for WordNet the first-listed sense of the gold
+                   mention's part of speech, the classic most-frequent-sense baseline (given the POS,
+                   which makes it stronger than a linker that must infer it)
+    MiniLM         all-MiniLM-L6-v2 on the mention's text against each candidate's "title:
+                   description" (the vital articles) or gloss (WordNet): the candidate nearest wins
+    string match   a detector that marks every surface form of the knowledge base (the forms the
+                   named-entity texts were labelled with), paired with a linker
+
+Ours on gold mentions reads the `[EL]` states of the gold answer (teacher-forced, like the RAG
+hops' Recall@k) and takes the index's nearest entity over the whole knowledge base, where the
+baselines choose among the surface form's candidates only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.data.linking import LinkedText, Mention, linking_example
+from components.data.schema import RETRIEVAL_PATTERN, Example
+
+
+@dataclass(frozen=True)
+class Predicted:
+    start: int
+    end: int
+    entity_id: str
+
+
+def prf(gold: set, predicted: set) -> dict[str, float]:
+    """Micro precision, recall and F1 of two sets of items, with the counts."""
+    tp = len(gold & predicted)
+    precision = tp / len(predicted) if predicted else 0.0
+    recall = tp / len(gold) if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "gold": float(len(gold)), "predicted": float(len(predicted))}
+
+
+def _items(texts: Sequence[LinkedText], mentions: Sequence[Iterable[Predicted | Mention]], with_entity: bool) -> set:
+    return {(t.id, m.start, m.end, m.entity_id) if with_entity else (t.id, m.start, m.end)
+            for t, ms in zip(texts, mentions, strict=True) for m in ms}
+
+
+def detection(texts: Sequence[LinkedText], predicted: Sequence[Iterable[Predicted]]) -> dict[str, float]:
+    return prf(_items(texts, [t.mentions for t in texts], False), _items(texts, predicted, False))
+
+
+def end_to_end(texts: Sequence[LinkedText], predicted: Sequence[Iterable[Predicted]]) -> dict[str, float]:
+    return prf(_items(texts, [t.mentions for t in texts], True), _items(texts, predicted, True))
+
+
+def linking_accuracy(texts: Sequence[LinkedText], linked: Sequence[Sequence[str]]) -> dict[str, float]:
+    """`linked[i][j]`: the entity a linker gave gold mention j of text i."""
+    right, total = Counter(), Counter()
+    for text, entities in zip(texts, linked, strict=True):
+        for mention, entity in zip(text.mentions, entities, strict=True):
+            kind = "ambiguous" if mention.ambiguous else "unambiguous"
+            total[kind] += 1
+            right[kind] += entity == mention.entity_id
+    out = {f"accuracy_{k}": right[k] / total[k] if total[k] else float("nan") for k in ("ambiguous", "unambiguous")}
+    out["accuracy"] = sum(right.values()) / max(sum(total.values()), 1)
+    out |= {f"mentions_{k}": float(total[k]) for k in ("ambiguous", "unambiguous")}
+    return out
+
+
+class MostFrequentEntity:
+    """The most-frequent-entity (-sense) linker, fitted on the training texts' gold mentions."""
+
+    def __init__(self, train: Iterable[LinkedText] = ()):
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        for text in train:
+            for m in text.mentions:
+                self.counts[text.surface(m)][m.entity_id] += 1
+
+    @classmethod
+    def from_examples(cls, examples: Iterable[Example]) -> MostFrequentEntity:
+        """Fitted on linking training rows: the text before each [EL] is a mention, its first positive the entity."""
+        fitted = cls()
+        for example in examples:
+            parts = RETRIEVAL_PATTERN.split(example.answer)
+            for hop in range(len(example.positives)):
+                fitted.counts[parts[2 * hop].strip()][example.positives[hop][0]] += 1
+        return fitted
+
+    def __call__(self, text: LinkedText, mention: Mention) -> str:
+        if text.kb == "wordnet":  # WordNet lists a lemma's senses most frequent first, per part of speech
+            pos = mention.entity_id.rsplit("-", 1)[-1]
+            return next(c for c in mention.candidates if c.rsplit("-", 1)[-1] == pos)
+        return self.pick(text.surface(mention), mention.candidates)
+
+    def pick(self, surface: str, candidates: Sequence[str]) -> str:
+        """The surface's most frequent training entity among `candidates` (ties: the earlier one)."""
+        seen = self.counts.get(surface)
+        if not seen:
+            return candidates[0]
+        return max(candidates, key=lambda c: (seen[c], -candidates.index(c)))
+
+    def link(self, texts: Sequence[LinkedText]) -> list[list[str]]:
+        return [[self(t, m) for m in t.mentions] for t in texts]
+
+
+def string_match_pipeline(texts: Sequence[LinkedText], matcher: Callable[[str], Iterable[tuple[int, int, list[str]]]],
+                          linker: MostFrequentEntity) -> list[list[Predicted]]:
+    """The baseline pipeline: every surface form the matcher finds, linked to its most frequent entity."""
+    return [[Predicted(start, end, linker.pick(t.text[start:end], ids)) for start, end, ids in matcher(t.text)] for t in texts]
+
+
+def gold_mention_links(model, index, texts: Sequence[LinkedText], max_length: int = 1024) -> list[list[str]]:
+    """Ours on the gold mentions: the `[EL]` state after each gold mention, searched in `index`
+    (whose corpus is the knowledge base)."""
+    from components.eval.teacher_forced import teacher_forced  # torch, only when a model is evaluated
+
+    rows = [model.formatter.example(Example.model_validate(linking_example(t, 0)), index.corpus, max_length) for t in texts]
+    found = [hits[0].doc_id for hits in index.search(teacher_forced(model, rows).queries.numpy(), 1)]
+    out, at = [], 0
+    for t in texts:
+        out.append(found[at:at + len(t.mentions)])
+        at += len(t.mentions)
+    return out
+
+
+class MiniLMLinker:
+    """The candidate nearest the text by MiniLM. `encode_texts` maps texts, `encode_entities`
+    entity ids, to unit vectors (for the vital articles: the cached "title: description" rows)."""
+
+    def __init__(self, encode_texts: Callable[[list[str]], np.ndarray], encode_entities: Callable[[list[str]], np.ndarray]):
+        self.encode_texts, self.encode_entities = encode_texts, encode_entities
+
+    def link(self, texts: Sequence[LinkedText]) -> list[list[str]]:
+        sentences = self.encode_texts([t.text for t in texts])
+        candidates = sorted({c for t in texts for m in t.mentions for c in m.candidates})
+        vectors = dict(zip(candidates, self.encode_entities(candidates)))
+        return [[max(m.candidates, key=lambda c: float(vectors[c] @ sentence)) for m in t.mentions]
+                for t, sentence in zip(texts, sentences)]
