@@ -333,13 +333,13 @@ def command_line(module: str, argv: Sequence[str]) -> str:
 
 def write_result(out_dir: str | Path, result: dict) -> Path:
     """bench/results/<id>.json; the required fields must be there (ratio may be None only for a
-    reference row), a ratio must be a positive finite number."""
+    reference row), a ratio must be a finite number, 0 or more (0: the measured side scored nothing)."""
     missing = [k for k in REQUIRED if k not in result]
     if missing:
         raise ValueError(f"result {result.get('id')!r} lacks {missing}")
     ratio = result["ratio"]
-    if ratio is not None and not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"result {result['id']!r}: ratio {ratio!r} is not a positive finite number")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"result {result['id']!r}: ratio {ratio!r} is not a finite number >= 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{result['id']}.json"

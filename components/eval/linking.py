@@ -118,18 +118,36 @@ def string_match_pipeline(texts: Sequence[LinkedText], matcher: Callable[[str], 
     return [[Predicted(start, end, linker.pick(t.text[start:end], ids)) for start, end, ids in matcher(t.text)] for t in texts]
 
 
-def gold_mention_links(model, index, texts: Sequence[LinkedText], max_length: int = 1024) -> list[list[str]]:
-    """Ours on the gold mentions: the `[EL]` state after each gold mention, searched in `index`
-    (whose corpus is the knowledge base)."""
+def gold_mention_vectors(model, corpus, texts: Sequence[LinkedText], max_length: int = 1024) -> np.ndarray:
+    """Ours on the gold mentions: the `[EL]` state after each gold mention of the gold answer
+    (teacher-forced), [mentions, H] in text and mention order. `corpus` holds the entities."""
     from components.eval.teacher_forced import teacher_forced  # torch, only when a model is evaluated
 
-    rows = [model.formatter.example(Example.model_validate(linking_example(t, 0)), index.corpus, max_length) for t in texts]
-    found = [hits[0].doc_id for hits in index.search(teacher_forced(model, rows).queries.numpy(), 1)]
+    rows = [model.formatter.example(Example.model_validate(linking_example(t, 0)), corpus, max_length) for t in texts]
+    return teacher_forced(model, rows).queries.numpy()
+
+
+def per_text(flat: Sequence, texts: Sequence[LinkedText]) -> list[list]:
+    """A flat per-mention list cut back into one list per text."""
     out, at = [], 0
     for t in texts:
-        out.append(found[at:at + len(t.mentions)])
+        out.append(list(flat[at:at + len(t.mentions)]))
         at += len(t.mentions)
     return out
+
+
+def gold_mention_links(model, index, texts: Sequence[LinkedText], max_length: int = 1024) -> list[list[str]]:
+    """The nearest entity of the whole knowledge base (`index`) to each gold mention's `[EL]` state."""
+    hits = index.search(gold_mention_vectors(model, index.corpus, texts, max_length), 1)
+    return per_text([h[0].doc_id for h in hits], texts)
+
+
+def nearest_candidates(texts: Sequence[LinkedText], vectors: np.ndarray, encode_entities: Callable[[list[str]], np.ndarray]) -> list[list[str]]:
+    """Each mention's candidate nearest its vector (`vectors`: one row per mention, in order)."""
+    candidates = sorted({c for t in texts for m in t.mentions for c in m.candidates})
+    entity = dict(zip(candidates, encode_entities(candidates)))
+    mentions = [m for t in texts for m in t.mentions]
+    return per_text([max(m.candidates, key=lambda c: float(entity[c] @ v)) for m, v in zip(mentions, vectors, strict=True)], texts)
 
 
 class MiniLMLinker:
@@ -141,7 +159,5 @@ class MiniLMLinker:
 
     def link(self, texts: Sequence[LinkedText]) -> list[list[str]]:
         sentences = self.encode_texts([t.text for t in texts])
-        candidates = sorted({c for t in texts for m in t.mentions for c in m.candidates})
-        vectors = dict(zip(candidates, self.encode_entities(candidates)))
-        return [[max(m.candidates, key=lambda c: float(vectors[c] @ sentence)) for m in t.mentions]
-                for t, sentence in zip(texts, sentences)]
+        per_mention = np.repeat(sentences, [len(t.mentions) for t in texts], axis=0)  # a text's vector for each of its mentions
+        return nearest_candidates(texts, per_mention, self.encode_entities)

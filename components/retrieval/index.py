@@ -140,6 +140,13 @@ class DocumentIndex:
             for row_scores, row_positions in zip(scores, positions)
         ]
 
+    def vectors(self, doc_ids: list[str]) -> np.ndarray:
+        """The stored vectors of these documents, [len(doc_ids), H] (a flat or HNSW index: IVF
+        keeps no map from position to vector unless given one)."""
+        with self._lock:
+            return np.stack([self._index.reconstruct(self.corpus.position(d)) for d in doc_ids]) if doc_ids else \
+                np.zeros((0, self.dimension), dtype=np.float32)
+
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:

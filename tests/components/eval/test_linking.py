@@ -12,7 +12,9 @@ from components.eval.linking import (
     detection,
     end_to_end,
     gold_mention_links,
+    gold_mention_vectors,
     linking_accuracy,
+    nearest_candidates,
     prf,
     string_match_pipeline,
 )
@@ -119,6 +121,11 @@ def test_ours_on_gold_mentions_is_the_el_state_the_decoder_reaches_writing_them(
     with writes(model, answer):
         (free,) = link_texts(InStreamDecoder(model, None, {"wikipedia": index}), [body], config=GenerationConfig(max_new_tokens=8))
     assert gold_mention_links(model, index, [gold]) == [[m.entity_id for m in free]]
+    # Among a mention's candidates only, each is the nearer of the two by the index's stored vectors.
+    vectors = gold_mention_vectors(model, index.corpus, [gold])
+    (chosen,) = nearest_candidates([gold], vectors, index.vectors)
+    stored = index.vectors(["d1", "d2"])
+    assert chosen == [["d1", "d2"][int((stored @ v).argmax())] for v in vectors]
 
 
 def test_most_frequent_entity_fits_on_linking_training_rows():

@@ -87,6 +87,13 @@ def test_approximate_indexes_reach_recall_at_10(random_20k, cfg):
     assert recall >= 0.95
 
 
+def test_stored_vectors_come_back_by_document_id(small):
+    docs, _, corpus = small
+    index = build_from_vectors(docs, corpus, "fp")
+    np.testing.assert_array_equal(index.vectors(["d7", "d0", "d1999"]), docs[[7, 0, 1999]])
+    assert index.vectors([]).shape == (0, 32)
+
+
 def test_k_larger_than_the_index_returns_every_document(small):
     docs, queries, _ = small
     index = build_from_vectors(docs[:7], numbered_corpus(7), "fp")
