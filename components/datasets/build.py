@@ -224,7 +224,8 @@ def _build_linking(out: Path, config: BuildConfig, articles: VitalArticles, corp
         dev = [t for t in kept if split_of(t.source, config.linking_dev_fraction) == "dev"]
         train = [t for t in kept if split_of(t.source, config.linking_dev_fraction) == "train"]
         rows = [linking_example(t, config.linking_negatives) for t in train]
-        train_rows = list(screen(enumerate(rows, start=1), example_check(both), quarantine, ScreenReport(source=f"linking_{kb_name}_train")))
+        rows_report = report.sources[f"linking_{kb_name}_rows"] = ScreenReport(source=f"{kb_name} linking rows of the training split")
+        train_rows = list(screen(enumerate(rows, start=1), example_check(both), quarantine, rows_report))
         _write_jsonl(out / f"linking_{kb_name}_train.jsonl", (e.model_dump_json() for e in train_rows))
         report.files[f"linking_{kb_name}_train.jsonl"] = _read_back(out / f"linking_{kb_name}_train.jsonl", both, quarantine, "[EL]")
         _write_jsonl(out / f"linking_{kb_name}_dev.jsonl", (t.model_dump_json() for t in dev))

@@ -86,6 +86,10 @@ class Link(Command):
             print(f"onegen link: {self.endpoint}: {err}", file=sys.stderr)
             return 1
         if reply.status_code != 200:
-            print(f"onegen link: {self.endpoint}: {reply.status_code} {reply.json().get('error', {}).get('message', reply.text)}", file=sys.stderr)
+            try:
+                message = reply.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):  # not the API's error body (a proxy's page, say)
+                message = reply.text
+            print(f"onegen link: {self.endpoint}: {reply.status_code} {message}", file=sys.stderr)
             return 1
         return reply.json()["mentions"]
