@@ -59,17 +59,36 @@ class NamedEntityReport:
     mentions: Counter = field(default_factory=Counter)  # "ambiguous" / "unambiguous"
 
 
+_TOKEN = re.compile(r"[\w-]+|[^\w\s-]")  # words (with hyphens) and single punctuation marks
+
+
 class Matcher:
-    """Leftmost-longest whole-word matching of every surface form at once."""
+    """Leftmost-longest matching of every surface form at once, on token boundaries: a form matches
+    where it starts at a token's start and ends at a token's end (so "Crane" is not found in
+    "Cranes" or "crane-like"). A dict lookup per token span: one regex alternation of 20,000 forms
+    took 28 s over the 36,647 sentences; this takes about one."""
 
     def __init__(self, forms: dict[str, list[str]]):
         self.forms = forms
-        ordered = sorted(forms, key=len, reverse=True)  # the alternation tries longer forms first
-        self.pattern = re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, ordered)) + r")(?![\w-])")
+        lengths = [len(_TOKEN.findall(form)) for form in forms]
+        self.longest = max(lengths, default=0)
+        self.first = {_TOKEN.match(form).group() for form in forms if _TOKEN.match(form)}
 
     def __call__(self, text: str) -> Iterator[tuple[int, int, list[str]]]:
-        for m in self.pattern.finditer(text):
-            yield m.start(), m.end(), self.forms[m.group()]
+        tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+        i = 0
+        while i < len(tokens):
+            if tokens[i][2] in self.first:
+                for j in range(min(i + self.longest, len(tokens)), i, -1):  # longest first
+                    form = text[tokens[i][0]:tokens[j - 1][1]]
+                    if form in self.forms:
+                        yield tokens[i][0], tokens[j - 1][1], self.forms[form]
+                        i = j
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
 
 
 def named_entity_texts(articles: VitalArticles, report: NamedEntityReport | None = None) -> list[LinkedText]:
