@@ -27,7 +27,7 @@ from components.config import FormatConfig
 from components.data.corpus import Corpus
 from components.model.base import load_base
 from components.model.onegen import OneGenModel
-from components.model.precision import autocast, resolve
+from components.model.precision import autocast, resolved_name
 from pipelines.config import load_config
 
 GOAL = 3.0
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     before = OneGenModel.build(lm, tokenizer, FormatConfig(max_document_tokens=BEFORE["max_document_tokens"])).eval()
     now = OneGenModel(before.lm, before.tokenizer, cfg.train.model.format).eval()  # the same weights
     docs = list(corpus)
-    precision = str(resolve(cfg.index.precision)).removeprefix("torch.")
+    precision = resolved_name(cfg.index.precision)
 
     def embed_now(precision_now):
         with autocast(precision_now):

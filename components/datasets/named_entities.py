@@ -70,9 +70,9 @@ class Matcher:
 
     def __init__(self, forms: dict[str, list[str]]):
         self.forms = forms
-        lengths = [len(_TOKEN.findall(form)) for form in forms]
-        self.longest = max(lengths, default=0)
-        self.first = {_TOKEN.match(form).group() for form in forms if _TOKEN.match(form)}
+        tokens = [_TOKEN.findall(form) for form in forms]
+        self.longest = max(map(len, tokens), default=0)
+        self.first = {t[0] for t in tokens if t}  # a form can only start at one of these tokens
 
     def __call__(self, text: str) -> Iterator[tuple[int, int, list[str]]]:
         tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]

@@ -136,10 +136,10 @@ def per_text(flat: Sequence, texts: Sequence[LinkedText]) -> list[list]:
     return out
 
 
-def gold_mention_links(model, index, texts: Sequence[LinkedText], max_length: int = 1024) -> list[list[str]]:
-    """The nearest entity of the whole knowledge base (`index`) to each gold mention's `[EL]` state."""
-    hits = index.search(gold_mention_vectors(model, index.corpus, texts, max_length), 1)
-    return per_text([h[0].doc_id for h in hits], texts)
+def nearest_entities(index, vectors: np.ndarray, texts: Sequence[LinkedText]) -> list[list[str]]:
+    """Each mention's nearest entity of the whole knowledge base (`index`), as the server searches
+    (`vectors`: one row per mention, in order)."""
+    return per_text([hits[0].doc_id for hits in index.search(vectors, 1)], texts)
 
 
 def nearest_candidates(texts: Sequence[LinkedText], vectors: np.ndarray, encode_entities: Callable[[list[str]], np.ndarray]) -> list[list[str]]:

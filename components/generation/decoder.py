@@ -358,9 +358,10 @@ class InStreamDecoder:
     def _search(self, searches: list[tuple[int, _Row]], hidden: torch.Tensor) -> list[Event]:
         """One batched search for every row that just fed a RET token."""
         events = []
-        targets = {(r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None) for _, r in searches}
-        for mode, kb in sorted(targets, key=str):
-            group = [(b, r) for b, r in searches if (r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None) == (mode, kb)]
+        groups: dict[tuple[str, str | None], list[tuple[int, _Row]]] = {}
+        for b, r in searches:  # the RAG index, or one knowledge base's entity index
+            groups.setdefault((r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None), []).append((b, r))
+        for (mode, kb), group in groups.items():
             index = self.index if mode == "rag" else self.entity_indexes[kb]
             started = time.perf_counter()  # a baseline's query encoding counts as search time
             vectors = self._query_vectors(group, hidden)

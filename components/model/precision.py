@@ -28,6 +28,11 @@ def resolve(precision: Precision, device: torch.device | str = "cpu") -> torch.d
     return torch.bfloat16 if fast else torch.float32
 
 
+def resolved_name(precision: Precision, device: torch.device | str = "cpu") -> str:
+    """What `precision` resolves to here, as a config spells it ("bfloat16", "float32")."""
+    return str(resolve(precision, device)).removeprefix("torch.")
+
+
 def autocast(precision: Precision, device: torch.device | str = "cpu"):
     """A context in which matrix products run in the resolved type (nothing changes for fp32)."""
     dtype = resolve(precision, device)

@@ -127,6 +127,16 @@ def _completion(event: Event, kind: str, model: str) -> dict:
             "retrieval": [api.hop_json(i, h) for i, h in enumerate(g.hops, 1)]}  # fmt: skip
 
 
+async def _done(events: asyncio.Queue) -> Event:
+    """The request's "done" event; the exception instead if decoding failed."""
+    while True:
+        event = await events.get()
+        if isinstance(event, BaseException):
+            raise event
+        if event.kind == "done":
+            return event
+
+
 async def _sse(events: asyncio.Queue, kind: str, model: str, prompt_tokens: int, options):
     """Server-sent events: text deltas, one chunk per retrieval (its `retrieval` field), the end."""
     import json
@@ -293,37 +303,28 @@ class OneGenServer:
             raise api.ApiError(400, str(err), param="target") from None
         max_tokens = body.max_tokens or min(len(current.model.formatter.text(body.text)) + 32, self.args.max_tokens_limit)
         self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
-        config = link_config(GenerationConfig(max_new_tokens=max_tokens), body.kb)
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
-        while True:
-            event = await events.get()
-            if isinstance(event, BaseException):
-                raise event
-            if event.kind == "done":
-                g = event.generation
-                return {"model": self.served_name, "kb": body.kb, "text": body.text,
-                        "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip
+        events = self._submit(prompt, link_config(GenerationConfig(max_new_tokens=max_tokens), body.kb))
+        g = (await _done(events)).generation
+        return {"model": self.served_name, "kb": body.kb, "text": body.text,
+                "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip
 
     # -- generation ----------------------------------------------------------------------------
 
     async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int], chat: bool):
         self._check_model(body.model)
-        config = self._config(body, len(prompt))
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        events = self._submit(prompt, self._config(body, len(prompt)))
         kind = "chat.completion" if chat else "text_completion"
         if body.stream:
             stream = _sse(events, kind, self.served_name, len(prompt), body.stream_options)
             return StreamingResponse(stream, media_type="text/event-stream")
-        while True:
-            event = await events.get()
-            if isinstance(event, BaseException):
-                raise event
-            if event.kind == "done":
-                return _completion(event, kind, self.served_name)
+        return _completion(await _done(events), kind, self.served_name)
+
+    def _submit(self, prompt: list[int], config: GenerationConfig) -> asyncio.Queue:
+        """Queue a request on the batcher; its events (or the exception that ended it) arrive on the queue."""
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        return events
 
     def _config(self, body, prompt_tokens: int) -> GenerationConfig:
         max_tokens = body.max_completion_tokens or body.max_tokens or self.args.max_tokens_limit

@@ -27,7 +27,7 @@ from components.data.corpus import Corpus
 from components.data.schema import Document
 from components.data.screening import load_corpus
 from components.model.onegen import OneGenModel
-from components.model.precision import autocast, resolve
+from components.model.precision import autocast, resolved_name
 from components.platform import storage, tracking
 from components.retrieval.index import build_from_vectors
 from pipelines.config import PipelineConfig
@@ -131,7 +131,7 @@ def build(cfg: PipelineConfig) -> IndexReport:
         saved = _save(index, cfg.paths.index, endpoint, tmp / "index")
         report = IndexReport(
             location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus), dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
-            run_id=run_id, precision=str(resolve(cfg.index.precision)).removeprefix("torch."),
+            run_id=run_id, precision=resolved_name(cfg.index.precision),
         )
         _log(cfg, report, saved)
     return report

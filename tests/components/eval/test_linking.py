@@ -11,10 +11,10 @@ from components.eval.linking import (
     Predicted,
     detection,
     end_to_end,
-    gold_mention_links,
     gold_mention_vectors,
     linking_accuracy,
     nearest_candidates,
+    nearest_entities,
     prf,
     string_match_pipeline,
 )
@@ -120,9 +120,9 @@ def test_ours_on_gold_mentions_is_the_el_state_the_decoder_reaches_writing_them(
     answer = [*f.text("crane"), el, *f.text(" crane"), el, *sorted(f.eos_ids)[:1]]
     with writes(model, answer):
         (free,) = link_texts(InStreamDecoder(model, None, {"wikipedia": index}), [body], config=GenerationConfig(max_new_tokens=8))
-    assert gold_mention_links(model, index, [gold]) == [[m.entity_id for m in free]]
-    # Among a mention's candidates only, each is the nearer of the two by the index's stored vectors.
     vectors = gold_mention_vectors(model, index.corpus, [gold])
+    assert nearest_entities(index, vectors, [gold]) == [[m.entity_id for m in free]]
+    # Among a mention's candidates only, each is the nearer of the two by the index's stored vectors.
     (chosen,) = nearest_candidates([gold], vectors, index.vectors)
     stored = index.vectors(["d1", "d2"])
     assert chosen == [["d1", "d2"][int((stored @ v).argmax())] for v in vectors]
