@@ -139,6 +139,10 @@ class GenerationConfig(FrozenConfig):
         "rag", description="rag: [RQ] retrieves and inserts passages; link: entity linking, each mention then [EL]"
     )
     kb: str = Field("wikipedia", description="link mode: the knowledge base whose entity index each [EL] searches")
+    # GENRE's constrained decoding (De Cao et al. 2021): a linked copy may differ from its text only
+    # by the [EL]s, so the model only decides where they go and never drifts from the text.
+    copy_tokens: list[int] = Field([], description="link mode: the text's token ids, which the answer copies with [EL] "
+                                                   "after mentions, then ends; empty: unconstrained")
     # The default budget, 4 passages, spent as one retrieval of the top 4: measured on the FanOutQA
     # training questions (the model's own answers, smollm2-cpu, whole corpus), evidence recall was
     # 0.309 as 1 × 4, 0.232 as 2 × 2 and 0.193 as 4 × 1: a 135M model's later queries, written
@@ -148,5 +152,10 @@ class GenerationConfig(FrozenConfig):
     retrieval_threshold: float | None = Field(
         None, ge=0, le=1,
         description="retrieve whenever P([RQ]) exceeds this (Self-RAG's threshold policy), not only when [RQ] is the "
+                    "likeliest token; None: plain sampling. A trained model stores the value calibrated for it",
+    )
+    link_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="link mode: write [EL] after a surface form whenever P([EL]) exceeds this, not only when it is the "
                     "likeliest token; None: plain sampling. A trained model stores the value calibrated for it",
     )

@@ -44,7 +44,12 @@ class DataConfig(FrozenConfig):
     # Training walks (never the dev split) on which the train stage calibrates the threshold
     # policy's τ for the trained weights (components/generation/threshold.py); None: no τ.
     calibration: str | None = Field(None, description="training walks on which the train stage calibrates τ of the threshold policy; none: no τ")
-    calibration_rows: PositiveInt = Field(32, description="rows of data.calibration sampled (seeded) to calibrate τ")
+    # Entity linking (named entities: the corpus's documents are the knowledge base).
+    linking_train: str | None = Field(
+        None, description="named-entity linking training rows: train calibrates τ of [EL] on them, evaluate fits the "
+                          "most-frequent-entity baseline on them; none: neither")
+    linking_dev: str | None = Field(None, description="held-out named-entity linking texts evaluate links; none: no linking evaluation")
+    calibration_rows: PositiveInt = Field(32, description="rows of data.calibration (and data.linking_train) sampled (seeded) to calibrate τ")
     build: BuildConfig = BuildConfig()  # how `onegen main` builds the files above from the installed packages
 
     @model_validator(mode="after")
@@ -100,6 +105,12 @@ class EvaluateConfig(FrozenConfig):
     # retrieval and (when the model has a calibrated τ) the threshold policy.
     generation: GenerationConfig = GenerationConfig()
     batch_size: PositiveInt = Field(16, description="dev questions decoded together")
+    linking_sample: PositiveInt = Field(128, description="held-out linking texts the model links free-running (seeded random sample)")
+    # Reading the gold mentions' [EL] states is a forward pass per text: all 3,211 held-out texts
+    # took ~7 minutes on 2 cores, so the stage reads every text with an ambiguous mention (what
+    # linking is tested on) and a sample of the rest; bench/linking_quality.py reads them all.
+    linking_unambiguous_texts: PositiveInt = Field(
+        256, description="held-out linking texts without an ambiguous mention whose gold mentions are linked (seeded random sample)")
     plain_lm_baseline: bool = Field(
         True, description="compare with a plain LM fine-tuned on the same rows (λ_ret = 0): generation must not suffer"
     )

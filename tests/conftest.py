@@ -47,6 +47,16 @@ NAMES = ["Zorvak", "Mibble", "Quenta", "Darlo", "Fesk", "Hurn", "Ippa", "Jolt", 
 LEAD_INS = {"cat": "Checking.", "dog": "Let me look.", "horse": "I will search the records for this one first.", "eagle": "One moment."}
 
 
+CRANES = ["Crane (bird)", "Crane (machine)"]
+
+
+def crane_entities() -> Corpus:
+    """A tiny named-entity knowledge base whose surface form "crane" names two entities."""
+    about = {"Crane (bird)": "The crane is a wading bird.", "Crane (machine)": "A crane lifts heavy loads.",
+             "Heron": "The heron is a wading bird.", "Steel": "Steel is an alloy of iron."}
+    return Corpus(Document(id=t, title=t, text=text) for t, text in about.items())
+
+
 def synthetic_retrieval() -> tuple[Corpus, list[Example]]:
     """32 documents, one per (colour, animal) pair, and a question whose answer needs the right one:
     retrieval must match a conjunction of two words, and the answer must be copied from the passage."""

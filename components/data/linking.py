@@ -1,15 +1,22 @@
 """Entity linking as text: the gold record of a linked text, the prompt the model reads, the
 answer it writes, and how written mentions map back onto the text.
 
-The model reads a text and writes its mentions in order, each followed by `[EL]`; the hidden state
-at the position whose input is `[EL]` is matched against the knowledge base's entity vectors:
+The model reads a text and writes it again, each mention followed by `[EL]`; the hidden state at
+the position whose input is `[EL]` is matched against the knowledge base's entity vectors:
 
     user: "Link the entities in this text:\nThe crane lifted the beam while a crane waded."
-    assistant: "crane[EL] crane[EL]"     positives [["Crane (machine)"], ["Crane (bird)"]]
+    assistant: "The crane[EL] lifted the beam while a crane[EL] waded."
+    positives [["Crane (machine)"], ["Crane (bird)"]]
 
-Detection is generation (which mentions it writes), disambiguation is retrieval (the `[EL]` state),
-in one pass. For word senses (WordNet) the task is the lexical sample one: the prompt names the
-word whose sense is asked, because a WordNet example sentence is labelled for that word only.
+Detection is generation (where the model writes `[EL]`), disambiguation is retrieval (the `[EL]`
+state), in one pass. The answer copies its text (GENRE's way, De Cao et al. 2021), which a chat
+model already does when asked to mark something up, so training only has to teach where `[EL]`
+goes and what its state means; a list of the mentions alone was tried first and a 24-step model
+never learnt to write it (it copied the text and wrote no `[EL]`, bench/TRAINING_RUNS.md). Where a
+mention starts is the longest surface form of the knowledge base the text ends with at `[EL]`
+(`components.data.aliases.Matcher.ending`). For word senses (WordNet) the task is the lexical
+sample one: the prompt names the word whose sense is asked, because a WordNet example sentence is
+labelled for that word only.
 
 Two knowledge bases: `wikipedia` (the vital articles, the same documents as the RAG corpus) and
 `wordnet` (synsets with their glosses, `components/datasets/wordnet.py`).
@@ -96,8 +103,12 @@ def link_prompt(text: str, kb: KnowledgeBase = "wikipedia", target: str | None =
 
 
 def link_answer(record: LinkedText) -> str:
-    """What the model is trained to write: each mention's surface, then `[EL]`, space-separated."""
-    return " ".join(f"{record.surface(m)}{ENTITY}" for m in record.mentions)
+    """What the model is trained to write: the text, `[EL]` after each mention."""
+    pieces, end = [], 0
+    for m in record.mentions:
+        pieces += [record.text[end:m.end], ENTITY]
+        end = m.end
+    return "".join([*pieces, record.text[end:]])
 
 
 def linking_example(record: LinkedText, negatives: int) -> dict:

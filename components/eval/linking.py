@@ -17,18 +17,20 @@ Baselines on the same mentions and the same knowledge base:
                    named-entity texts were labelled with), paired with a linker
 
 Ours on gold mentions reads the `[EL]` states of the gold answer (teacher-forced, like the RAG
-hops' Recall@k) and takes the index's nearest entity over the whole knowledge base, where the
-baselines choose among the surface form's candidates only.
+hops' Recall@k) and takes the nearest of the surface form's candidates, as the server does and as
+the baselines choose; the nearest entity of the whole knowledge base is reported beside it.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from components.data.aliases import Matcher
 from components.data.linking import LinkedText, Mention, linking_example
 from components.data.schema import RETRIEVAL_PATTERN, Example
 
@@ -86,13 +88,17 @@ class MostFrequentEntity:
                 self.counts[text.surface(m)][m.entity_id] += 1
 
     @classmethod
-    def from_examples(cls, examples: Iterable[Example]) -> MostFrequentEntity:
-        """Fitted on linking training rows: the text before each [EL] is a mention, its first positive the entity."""
+    def from_examples(cls, examples: Iterable[Example], forms: Matcher) -> MostFrequentEntity:
+        """Fitted on linking training rows: each [EL] follows a mention (the longest surface form
+        the text before it ends with), its first positive the entity."""
         fitted = cls()
         for example in examples:
             parts = RETRIEVAL_PATTERN.split(example.answer)
             for hop in range(len(example.positives)):
-                fitted.counts[parts[2 * hop].strip()][example.positives[hop][0]] += 1
+                written = parts[2 * hop]
+                found = forms.ending(written)
+                if found is not None:
+                    fitted.counts[written[found[0]:]][example.positives[hop][0]] += 1
         return fitted
 
     def __call__(self, text: LinkedText, mention: Mention) -> str:
@@ -113,9 +119,14 @@ class MostFrequentEntity:
 
 
 def string_match_pipeline(texts: Sequence[LinkedText], matcher: Callable[[str], Iterable[tuple[int, int, list[str]]]],
-                          linker: MostFrequentEntity) -> list[list[Predicted]]:
-    """The baseline pipeline: every surface form the matcher finds, linked to its most frequent entity."""
-    return [[Predicted(start, end, linker.pick(t.text[start:end], ids)) for start, end, ids in matcher(t.text)] for t in texts]
+                          link: Callable[[Sequence[LinkedText]], list[list[str]]]) -> list[list[Predicted]]:
+    """The baseline pipeline: every surface form the matcher finds, linked by `link` (a baseline
+    linker's `.link`) among the entities the form names."""
+    found = [list(matcher(t.text)) for t in texts]
+    detected = [t.model_copy(update={"mentions": [Mention(start=s, end=e, entity_id=ids[0], candidates=ids) for s, e, ids in spans]})
+                for t, spans in zip(texts, found)]
+    return [[Predicted(s, e, entity) for (s, e, _), entity in zip(spans, linked, strict=True)]
+            for spans, linked in zip(found, link(detected), strict=True)]
 
 
 def gold_mention_vectors(model, corpus, texts: Sequence[LinkedText], max_length: int = 1024) -> np.ndarray:
@@ -161,3 +172,67 @@ class MiniLMLinker:
         sentences = self.encode_texts([t.text for t in texts])
         per_mention = np.repeat(sentences, [len(t.mentions) for t in texts], axis=0)  # a text's vector for each of its mentions
         return nearest_candidates(texts, per_mention, self.encode_entities)
+
+
+# -- the whole evaluation, as the evaluate stage and the benchmark run it -------------------------
+
+
+@dataclass
+class LinkingEvaluation:
+    accuracy: dict[str, dict[str, float]]  # linker → linking_accuracy on every gold mention
+    end_to_end: dict[str, dict[str, float]]  # ours free-running / each string-match pipeline → P/R/F1
+    detection: dict[str, dict[str, float]]  # ours / the string matcher → P/R/F1 of the spans
+    sample: list[LinkedText]  # the texts linked free-running
+    linked: list[list]  # ... and what the model linked in each (LinkedMention)
+
+    def metrics(self, prefix: str = "el") -> dict[str, float]:
+        """Flat, for MLflow: el_<linker>_accuracy_ambiguous, el_<pipeline>_end_to_end_f1, ..."""
+        out = {f"{prefix}_{name}_{k}": float(v) for name, values in self.accuracy.items() for k, v in values.items()}
+        for kind, table in (("end_to_end", self.end_to_end), ("detection", self.detection)):
+            out |= {f"{prefix}_{name}_{kind}_{k}": float(v) for name, values in table.items() for k, v in values.items()}
+        return out | {f"{prefix}_texts_linked": float(len(self.sample))}
+
+
+def with_ambiguity(texts: Sequence[LinkedText], others: int | None) -> list[LinkedText]:
+    """Every text with an ambiguous mention (a surface form that several entities share: a property
+    of the knowledge base, not of the labels) and a seeded random sample of `others` of the rest
+    (None: all of them), in their order."""
+    plain = [i for i, t in enumerate(texts) if not any(m.ambiguous for m in t.mentions)]
+    dropped = set(plain) - set(random.Random(0).sample(plain, min(others, len(plain)))) if others is not None else set()
+    return [t for i, t in enumerate(texts) if i not in dropped]
+
+
+def evaluate_linking(model, index, forms: Matcher, dev: Sequence[LinkedText], frequent: MostFrequentEntity,
+                     minilm: MiniLMLinker, sample: int, config, unambiguous_texts: int | None = None) -> LinkingEvaluation:
+    """The gold mentions of `dev` (all texts with an ambiguous mention, and `unambiguous_texts` of
+    the rest: `with_ambiguity`) linked by ours (teacher-forced `[EL]` states; among the form's
+    candidates as served, and over the whole base) and by the baselines; then a seeded random
+    sample of `sample` texts linked end to end by the model free-running (`config`: link mode is
+    set here) and by the string matcher with each baseline. `index` holds the entities' vectors."""
+    from components.generation.decoder import InStreamDecoder, KnowledgeBase  # torch, only when a model is evaluated
+    from components.generation.linking import link_texts
+
+    gold = with_ambiguity(dev, unambiguous_texts)
+    vectors = gold_mention_vectors(model, index.corpus, gold)
+    accuracy = {
+        "ours": linking_accuracy(gold, nearest_candidates(gold, vectors, index.vectors)),
+        "ours_whole_knowledge_base": linking_accuracy(gold, nearest_entities(index, vectors, gold)),
+        "most_frequent": linking_accuracy(gold, frequent.link(gold)),
+        "minilm": linking_accuracy(gold, minilm.link(gold)),
+    }
+    chosen = random.Random(0).sample(list(dev), min(sample, len(dev)))  # drawn without looking at the labels
+    kb = chosen[0].kb if chosen else "wikipedia"
+    decoder = InStreamDecoder(model, None, {kb: KnowledgeBase(index, forms)})
+    linked = []
+    for start in range(0, len(chosen), 16):
+        batch = chosen[start:start + 16]
+        linked += link_texts(decoder, [t.text for t in batch], kb, [t.target for t in batch], config)
+    ours = [[Predicted(m.start, m.end, m.entity_id) for m in found if m.start is not None] for found in linked]
+    pipelines = {"string_match_most_frequent": string_match_pipeline(chosen, forms, frequent.link),
+                 "string_match_minilm": string_match_pipeline(chosen, forms, minilm.link)}
+    return LinkingEvaluation(
+        accuracy,
+        {"ours": end_to_end(chosen, ours), **{name: end_to_end(chosen, p) for name, p in pipelines.items()}},
+        {"ours": detection(chosen, ours), "string_match": detection(chosen, pipelines["string_match_minilm"])},
+        chosen, linked,
+    )

@@ -10,14 +10,15 @@ a whole prompt, or a passage chunk), right-aligned in a [B, W] block: padding sl
 of attention now and forever after, and position ids count only real tokens, so each row computes
 exactly what it would alone.
 
-In entity-linking mode the model writes mentions each followed by `[EL]`; the state at `[EL]` is
-matched to the nearest entity and decoding simply goes on.
+In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
+only follow a surface form of the knowledge base (the written text must end with one), and the
+state at `[EL]` is matched to the nearest of the entities that form names; decoding simply goes on.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -29,6 +30,8 @@ from transformers.cache_utils import DynamicLayer
 
 from components import tokens as st
 from components.config import GenerationConfig
+from components.data.aliases import Matcher, continues_word
+from components.data.schema import Document
 from components.model.onegen import OneGenModel
 
 
@@ -38,6 +41,28 @@ class Index(Protocol):
     fingerprint: str
 
     def search(self, queries: np.ndarray, k: int) -> list[list]: ...
+
+
+class EntityIndex(Protocol):
+    """What link mode needs of an entity index: the nearest of given entities
+    (`components.retrieval.index.DocumentIndex` is one)."""
+
+    fingerprint: str
+
+    def search_among(self, queries: np.ndarray, candidates: Sequence[Sequence[str]]) -> list[list]: ...
+
+
+@dataclass
+class KnowledgeBase:
+    """What an `[EL]` searches: the entities' vectors, and the surface forms that name them."""
+
+    index: EntityIndex
+    forms: Matcher
+
+    @classmethod
+    def of(cls, index: EntityIndex, entities: Iterable[Document]) -> KnowledgeBase:
+        """A named-entity base: its entities are documents, named by their titles and base names."""
+        return cls(index, Matcher.of(entities))
 
 
 class QueryEncoder(Protocol):
@@ -61,7 +86,7 @@ class Hop:
 
 @dataclass
 class Link:
-    span: str  # the mention: the text generated since the previous [EL] or the answer's start
+    span: str  # the mention: the surface form the written text ended with at [EL]
     entity_id: str
     title: str
     score: float
@@ -106,7 +131,8 @@ class _Row:
     inserted: set[str] = field(default_factory=set)
     wants_vector: bool = False  # the pending token is a RET token whose state is needed
     mention_start: int = 0  # generated-token index after the previous [EL]
-    mention: tuple[int, int] = (0, 0)  # generated-token span of the mention the pending [EL] links
+    ending: tuple[str, list[str]] | None = None  # link mode: the form the text ends with, its entities
+    linking: tuple[str, list[str], int] | None = None  # ... and that of the [EL] being fed, with its step
     text: str = ""  # the answer so far (final once the row finishes)
     emitted: str = ""  # text already streamed
     prefix_offset: int = 0  # incremental detokenisation: tokens before read_offset whose text is
@@ -122,12 +148,12 @@ class InStreamDecoder:
         self,
         model: OneGenModel,
         index: Index | None = None,
-        entity_indexes: Mapping[str, Index] | None = None,  # knowledge base name → its entity index
+        knowledge_bases: Mapping[str, KnowledgeBase] | None = None,  # link mode: name → what [EL] searches
         query_encoder: QueryEncoder | None = None,
         split_prefill: bool = True,  # False: one forward per step, every row padded to the widest
     ):
-        entity_indexes = dict(entity_indexes or {})
-        for name, idx in (("index", index), *((f"entity index {kb!r}", i) for kb, i in entity_indexes.items())):
+        knowledge_bases = dict(knowledge_bases or {})
+        for name, idx in (("index", index), *((f"entity index {n!r}", kb.index) for n, kb in knowledge_bases.items())):
             if idx is None:
                 continue
             expected = query_encoder.fingerprint if query_encoder is not None else model.fingerprint()
@@ -139,7 +165,7 @@ class InStreamDecoder:
         self.model = model
         self.query_encoder = query_encoder
         self.index = index
-        self.entity_indexes = entity_indexes
+        self.knowledge_bases = knowledge_bases
         self.split_prefill = split_prefill
         enc = model.formatter
         self.query_id = enc.query_id
@@ -272,7 +298,7 @@ class InStreamDecoder:
                 row.wants_vector = True
             elif token == self.entity_id and self._linking(row):
                 row.wants_vector = True
-                row.mention = (row.mention_start, len(row.generated) - 1)
+                row.linking = (*row.ending, len(row.generated) - 1)
                 row.mention_start = len(row.generated)
             events += self._check_finished(row, token)
         if searches:
@@ -280,7 +306,7 @@ class InStreamDecoder:
         return events
 
     def _linking(self, row: _Row) -> bool:
-        return row.cfg.mode == "link" and row.cfg.kb in self.entity_indexes
+        return row.cfg.retrieval and row.cfg.mode == "link" and row.cfg.kb in self.knowledge_bases
 
     def _retrieving(self, row: _Row) -> bool:
         """May this row still emit [RQ]? (Without an index it is then a plain token, which a
@@ -297,10 +323,18 @@ class InStreamDecoder:
             logits[self.system_ids] = float("-inf")
             if cfg.mode == "rag" and not self._retrieving(row):
                 logits[self.query_id] = float("-inf")
-            if not self._linking(row):
-                logits[self.entity_id] = float("-inf")
             if cfg.mode == "link":
                 logits[self.query_id] = float("-inf")
+            row.ending = self._mention_ending(row)
+            following = self._following(row) if cfg.copy_tokens and self._linking(row) else None
+            if row.ending is None:  # [EL] only right after a surface form it can link
+                logits[self.entity_id] = float("-inf")
+            elif self._over_threshold(logits, self.entity_id, cfg.link_threshold):  # on the whole vocabulary, as calibrated
+                return self.entity_id
+            if following is not None:  # a linked copy: the text's next token, or [EL]
+                allowed = torch.full_like(logits, float("-inf"))
+                allowed[[following, self.entity_id]] = logits[[following, self.entity_id]]
+                logits = allowed
             if self._wants_retrieval(row, logits):
                 return self.query_id
         if cfg.temperature == 0:
@@ -317,10 +351,33 @@ class InStreamDecoder:
         """The threshold policy (Self-RAG's): retrieve whenever the model gives [RQ] more than
         `retrieval_threshold` of its probability, even if another token is likelier. The step
         then feeds [RQ] as usual, so the query is still the model's own [RQ] state."""
-        tau = row.cfg.retrieval_threshold
-        if tau is None or row.cfg.mode != "rag" or not self._retrieving(row):
+        if row.cfg.mode != "rag" or not self._retrieving(row):
             return False
-        return float(F.softmax(logits.float(), dim=-1)[self.query_id]) > tau
+        return self._over_threshold(logits, self.query_id, row.cfg.retrieval_threshold)
+
+    @staticmethod
+    def _over_threshold(logits: torch.Tensor, token: int, tau: float | None) -> bool:
+        return tau is not None and float(F.softmax(logits.float(), dim=-1)[token]) > tau
+
+    def _following(self, row: _Row) -> int:
+        """A linked copy's next token of its text (the end of the answer once all of it is
+        copied). Inside a word ("crane" of "cranes") no [EL] may go: `row.ending` is cleared."""
+        copied = sum(t != self.entity_id for t in row.generated)
+        if copied >= len(row.cfg.copy_tokens):
+            return min(self.stop_ids)
+        following = row.cfg.copy_tokens[copied]
+        if continues_word(self.model.tokenizer.decode([following])):
+            row.ending = None
+        return following
+
+    def _mention_ending(self, row: _Row) -> tuple[str, list[str]] | None:
+        """Link mode: the surface form the text written since the previous [EL] ends with, and the
+        entities it names; None when it ends with none (or the row does not link)."""
+        if not self._linking(row):
+            return None
+        written = self.model.tokenizer.decode(row.generated[row.mention_start:], skip_special_tokens=True)
+        found = self.knowledge_bases[row.cfg.kb].forms.ending(written)
+        return (written[found[0]:], found[1]) if found else None
 
     def _check_finished(self, row: _Row, token: int) -> list[Event]:
         row.text += self._new_text(row)
@@ -362,12 +419,12 @@ class InStreamDecoder:
         for b, r in searches:  # the RAG index, or one knowledge base's entity index
             groups.setdefault((r.cfg.mode, r.cfg.kb if r.cfg.mode == "link" else None), []).append((b, r))
         for (mode, kb), group in groups.items():
-            index = self.index if mode == "rag" else self.entity_indexes[kb]
             started = time.perf_counter()  # a baseline's query encoding counts as search time
             vectors = self._query_vectors(group, hidden)
-            # Ask for enough hits that passages already inserted in an answer can be skipped.
-            k = max(r.cfg.top_k + len(r.inserted) for _, r in group) if mode == "rag" else 1
-            results = index.search(vectors, k)
+            if mode == "rag":  # enough hits that passages already inserted in an answer can be skipped
+                results = self.index.search(vectors, max(r.cfg.top_k + len(r.inserted) for _, r in group))
+            else:  # the nearest of the entities the mention's form names
+                results = self.knowledge_bases[kb].index.search_among(vectors, [r.linking[1] for _, r in group])
             seconds = time.perf_counter() - started
             for (_, row), hits, vector in zip(group, results, vectors):
                 row.timings["search_s"] += seconds
@@ -398,10 +455,9 @@ class InStreamDecoder:
         return Event(row.index, "hop", hop=hop)
 
     def _link(self, row: _Row, hits: list) -> Event:
-        start, end = row.mention
-        span = self.model.tokenizer.decode(row.generated[start:end], skip_special_tokens=True).strip()
+        span, _, step = row.linking
         best = hits[0]
-        link = Link(span, best.doc_id, best.title, best.score, end)
+        link = Link(span, best.doc_id, best.title, best.score, step)
         row.links.append(link)
         return Event(row.index, "link", link=link)
 

@@ -1,7 +1,7 @@
 """Entity linking through the in-stream decoder: texts in, mentions with character spans and
 entities out. The same prompt the model was trained on (`components.data.linking.link_prompt`),
-decoded in `link` mode: the model writes each mention then `[EL]`, and the `[EL]` state is searched
-in the knowledge base's entity index as it is generated."""
+decoded in `link` mode: the model copies the text writing `[EL]` after each mention, and the
+`[EL]` state is matched to the entities the mention's surface form names as it is generated."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from components.config import GenerationConfig
 from components.data.linking import align, link_prompt
 from components.generation.decoder import Generation, Link
+
+COPY_ROOM = 32  # tokens a linked copy may add to its text: the [EL]s and the end
 
 
 @dataclass
@@ -33,9 +35,16 @@ def link_prompts(formatter, texts: Sequence[str], kb: str, targets: Sequence[str
     return [formatter.prompt(link_prompt(text, kb, target)) for text, target in zip(texts, targets, strict=True)]
 
 
-def link_config(config: GenerationConfig, kb: str) -> GenerationConfig:
-    """`config` in link mode for `kb` (retrieval on: [EL] is what searches)."""
-    return config.model_copy(update={"mode": "link", "kb": kb, "retrieval": True})
+def copy_budget(formatter, text: str) -> int:
+    """The tokens a linked copy of `text` needs: the text again, with room for its [EL]s."""
+    return len(formatter.text(text)) + COPY_ROOM
+
+
+def link_config(config: GenerationConfig, kb: str, formatter, text: str) -> GenerationConfig:
+    """`config` in link mode for `kb` (retrieval on: [EL] is what searches), copying `text`, with
+    its copy budget (at most `config.max_new_tokens`)."""
+    return config.model_copy(update={"mode": "link", "kb": kb, "retrieval": True, "copy_tokens": formatter.text(text),
+                                     "max_new_tokens": min(config.max_new_tokens, copy_budget(formatter, text))})
 
 
 def mentions(text: str, generation: Generation) -> list[LinkedMention]:
@@ -46,7 +55,10 @@ def mentions(text: str, generation: Generation) -> list[LinkedMention]:
 
 def link_texts(decoder, texts: Sequence[str], kb: str = "wikipedia", targets: Sequence[str | None] | None = None,
                config: GenerationConfig = GenerationConfig()) -> list[list[LinkedMention]]:
-    """Link every text in one batch of the decoder."""
-    prompts = link_prompts(decoder.model.formatter, texts, kb, targets)
-    generations = decoder.generate(prompts, link_config(config, kb))
+    """Link every text in one batch of the decoder, each copied with its copy budget (at most
+    `config.max_new_tokens`)."""
+    formatter = decoder.model.formatter
+    prompts = link_prompts(formatter, texts, kb, targets)
+    configs = [link_config(config, kb, formatter, t) for t in texts]
+    generations = decoder.generate(prompts, configs)
     return [mentions(text, g) for text, g in zip(texts, generations)]

@@ -50,6 +50,7 @@ class OneGenModel(nn.Module):
         # The threshold policy's τ calibrated for these weights (GenerationConfig.retrieval_threshold);
         # saved with the model, None until calibrated.
         self.retrieval_threshold: float | None = None
+        self.link_threshold: float | None = None  # the same for [EL] (GenerationConfig.link_threshold)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class OneGenModel(nn.Module):
             "special_tokens": self.formatter.special,
             "fingerprint": self._fingerprint,
             "retrieval_threshold": self.retrieval_threshold,
+            "link_threshold": self.link_threshold,
         }
         (directory / ONEGEN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
@@ -198,6 +200,7 @@ class OneGenModel(nn.Module):
         model = cls(lm, tokenizer, FormatConfig(**meta["format"]))
         model._fingerprint = meta["fingerprint"] if lora is None else None
         model.retrieval_threshold = meta.get("retrieval_threshold")
+        model.link_threshold = meta.get("link_threshold")
         return model
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +104,7 @@ class DocumentIndex:
         self.on_gpu = self._index is not index
         _set_search_params(self._index, manifest.config, self.on_gpu)
         self._lock = threading.Lock()
+        self._has_direct_map = False
 
     @property
     def dimension(self) -> int:
@@ -140,12 +141,30 @@ class DocumentIndex:
             for row_scores, row_positions in zip(scores, positions)
         ]
 
-    def vectors(self, doc_ids: list[str]) -> np.ndarray:
-        """The stored vectors of these documents, [len(doc_ids), H] (a flat or HNSW index: IVF
-        keeps no map from position to vector unless given one)."""
+    def search_among(self, queries: np.ndarray, candidates: Sequence[Sequence[str]]) -> list[list[Hit]]:
+        """Per query, its candidates (document ids; unknown ones skipped) by score, best first: an
+        exact inner product whatever the index kind, as a linker chooses among the few entities a
+        mention's surface form names."""
+        x = check_vectors(queries, "queries", self.dimension)
+        if len(candidates) != len(x):
+            raise ValueError(f"{len(x)} queries but {len(candidates)} candidate lists")
+        out = []
+        for query, ids in zip(x, candidates):
+            known = [d for d in dict.fromkeys(ids) if d in self.corpus]
+            scores = self.vectors(known) @ query
+            out.append([Hit(self.corpus.position(known[i]), float(scores[i]), self.corpus[known[i]])
+                        for i in np.argsort(-scores, kind="stable")])
+        return out
+
+    def vectors(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these documents, [len(doc_ids), H]."""
+        if not doc_ids:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
-            return np.stack([self._index.reconstruct(self.corpus.position(d)) for d in doc_ids]) if doc_ids else \
-                np.zeros((0, self.dimension), dtype=np.float32)
+            if self.kind == "ivf" and not self._has_direct_map:  # IVF maps position → vector only when asked
+                faiss.extract_index_ivf(self._index).make_direct_map()
+                self._has_direct_map = True
+            return np.stack([self._index.reconstruct(self.corpus.position(d)) for d in doc_ids])
 
     # -- persistence -------------------------------------------------------------------------
 

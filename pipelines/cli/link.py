@@ -54,19 +54,20 @@ class Link(Command):
         return 0
 
     def _in_process(self) -> list[dict] | int:
-        from components.generation.decoder import InStreamDecoder
+        from components.generation.decoder import InStreamDecoder, KnowledgeBase
         from components.generation.linking import link_texts
 
         loaded = load_local(self.model, self.index, "link")
         if loaded is None:
             return 2
         model, index = loaded
-        decoder = InStreamDecoder(model, index, {"wikipedia": index})
-        if self.kb not in decoder.entity_indexes:
+        decoder = InStreamDecoder(model, index, {"wikipedia": KnowledgeBase.of(index, index.corpus)})
+        if self.kb not in decoder.knowledge_bases:
             print(f"onegen link: no entity index for the {self.kb!r} knowledge base here (in-process: wikipedia)", file=sys.stderr)
             return 2
         try:
-            found = link_texts(decoder, [self.text], self.kb, [self.target], GenerationConfig(max_new_tokens=self.max_new_tokens))
+            config = GenerationConfig(max_new_tokens=self.max_new_tokens, link_threshold=model.link_threshold)
+            found = link_texts(decoder, [self.text], self.kb, [self.target], config)
         except ValueError as err:
             print(f"onegen link: {err}", file=sys.stderr)
             return 2

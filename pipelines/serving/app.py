@@ -27,10 +27,12 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ray import serve
 
 from components.config import FrozenConfig, GenerationConfig
+from components.data.corpus import Corpus
 from components.generation.batcher import Batcher
-from components.generation.decoder import Event, InStreamDecoder
-from components.generation.linking import link_config, link_prompts, mentions
+from components.generation.decoder import Event, InStreamDecoder, KnowledgeBase
+from components.generation.linking import copy_budget, link_config, link_prompts, mentions
 from components.model.onegen import OneGenModel
+from components.retrieval.index import DOCUMENTS_FILE
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
 
@@ -204,8 +206,8 @@ class OneGenServer:
             self.loads += 1
             index = self.faiss.open(f"{version}#{self.loads}", str(index_dir), model.fingerprint())
         # The corpus is the vital articles, which are also the named-entity knowledge base.
-        entity_indexes = {"wikipedia": index} if index is not None else None
-        return Loaded(version, model, InStreamDecoder(model, index, entity_indexes), index)
+        bases = {"wikipedia": KnowledgeBase.of(index, Corpus.load_jsonl(Path(index_dir) / DOCUMENTS_FILE))} if index else None
+        return Loaded(version, model, InStreamDecoder(model, index, bases), index)
 
     def _switch(self) -> None:
         previous, self.current = self.current, self._load()  # batches pick it up as they start
@@ -295,15 +297,16 @@ class OneGenServer:
         """Entity linking: mentions with their character spans, entities and scores."""
         self._check_model(body.model)
         current = self.current
-        if body.kb not in current.decoder.entity_indexes:
+        if body.kb not in current.decoder.knowledge_bases:
             raise api.ApiError(400, f"this server has no entity index for the {body.kb!r} knowledge base", param="kb", code="no_index")
         try:
             prompt = link_prompts(current.model.formatter, [body.text], body.kb, [body.target])[0]
         except ValueError as err:  # a wordnet request without its target word
             raise api.ApiError(400, str(err), param="target") from None
-        max_tokens = body.max_tokens or min(len(current.model.formatter.text(body.text)) + 32, self.args.max_tokens_limit)
+        max_tokens = body.max_tokens or min(copy_budget(current.model.formatter, body.text), self.args.max_tokens_limit)
         self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
-        events = self._submit(prompt, link_config(GenerationConfig(max_new_tokens=max_tokens), body.kb))
+        config = GenerationConfig(max_new_tokens=max_tokens, link_threshold=current.model.link_threshold)
+        events = self._submit(prompt, link_config(config, body.kb, current.model.formatter, body.text))
         g = (await _done(events)).generation
         return {"model": self.served_name, "kb": body.kb, "text": body.text,
                 "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip

@@ -41,6 +41,9 @@ class FaissSearcher:
     def search(self, key: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
         return self.indexes[key].search(queries, k)
 
+    def search_among(self, key: str, queries: np.ndarray, candidates: list[list[str]]) -> list[list[Hit]]:
+        return self.indexes[key].search_among(queries, candidates)
+
     def info(self, key: str | None = None) -> dict:
         """Where the actor runs and what it holds; with a key, that index's size and kind."""
         out = {"loaded": sorted(self.indexes), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -106,3 +109,6 @@ class RemoteIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         return self.host.call(lambda a: a.search.remote(self.key, queries, k))
+
+    def search_among(self, queries: np.ndarray, candidates: list[list[str]]) -> list[list[Hit]]:
+        return self.host.call(lambda a: a.search_among.remote(self.key, queries, candidates))

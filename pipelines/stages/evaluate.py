@@ -13,6 +13,11 @@ sees, over the whole index the stage built (the corpus that is registered and se
                      served_evidence_recall is the server's default policy's (promote decides on it)
     answers          FanOutQA's loose and strict accuracy of the final answer, token F1 and EM
     LM loss          next-token loss on the dev walks, beside the plain-LM fine-tune's when there is one
+    entity linking   (when `data.linking_dev` is set) the held-out vital-article texts: linking accuracy
+                     on every gold mention, ambiguous and unambiguous apart, ours ([EL] states) beside
+                     the most frequent entity and MiniLM; then a seeded random sample linked end to end
+                     by the model free-running (link mode, its calibrated τ for [EL]) beside a string
+                     matcher with each baseline: detection and end-to-end P/R/F1
     all of it ─▶ the model's MLflow run: metrics, recall_at_k.png, evaluation.json
 """
 
@@ -29,12 +34,14 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
+from components.data.aliases import Matcher
 from components.data.corpus import Corpus
 from components.data.schema import Example
-from components.data.screening import ScreenReport, encode_examples, iter_examples, load_corpus
+from components.data.screening import ScreenReport, encode_examples, iter_examples, iter_linked_texts, load_corpus
 from components.data.tokenize import EncodedExample
 from components.datasets.fanoutqa import question_leaves, read_dev, render
 from components.eval import free_running
+from components.eval.linking import LinkingEvaluation, MiniLMLinker, MostFrequentEntity, evaluate_linking
 from components.eval.metrics import exact_match, f1, loose_accuracy, strict_accuracy
 from components.eval.ranking import Ranking, search_index, search_matrix
 from components.eval.teacher_forced import teacher_forced
@@ -46,6 +53,7 @@ from components.retrieval.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, do
 from pipelines.config import PipelineConfig
 from pipelines.stages.locations import load_index, load_model, local_file
 
+LINK_MAX_TOKENS = 256  # a linked copy's cap; each text gets its own copy budget below it
 WITHIN = 0.02  # generation must not suffer: held-out loss at most 2% above the plain LM's
 FINAL = "So the answer is:"  # how a walk states its final answer (components/datasets/fanoutqa.py)
 
@@ -92,7 +100,23 @@ def summary_table(m: dict[str, float], ks: Sequence[int]) -> str:
                          f"F1 {m[f'{prefix}_f1']:.3f}, EM {m[f'{prefix}_em']:.3f}")
     plain = (f"; plain LM {m['plain_lm_heldout_lm_loss']:.4f} ({m['lm_loss_vs_plain_lm']:+.2%})" if "lm_loss_vs_plain_lm" in m else "")
     lines.append(f"  held-out LM loss {m.get('heldout_lm_loss', nan):.4f}{plain}")
-    return "\n".join(lines)
+    return "\n".join(lines + (linking_table(m) if "el_ours_accuracy" in m else []))
+
+
+def linking_table(m: dict[str, float]) -> list[str]:
+    lines = [f"entity linking, held-out vital-article texts: gold mentions {m['el_ours_mentions_ambiguous']:.0f} ambiguous, "
+             f"{m['el_ours_mentions_unambiguous']:.0f} unambiguous",
+             f"  linking accuracy {'':12} {'ambiguous':>10} {'unambiguous':>12}"]
+    for prefix, label in (("ours", "OneGen [EL], candidates"), ("ours_whole_knowledge_base", "OneGen [EL], whole base"),
+                          ("most_frequent", "most frequent entity"), ("minilm", "MiniLM, candidates")):
+        lines.append(f"    {label:<26} {m[f'el_{prefix}_accuracy_ambiguous']:10.3f} {m[f'el_{prefix}_accuracy_unambiguous']:12.3f}")
+    lines.append(f"  end to end, {m['el_texts_linked']:.0f} texts (sample) {'P':>5} {'R':>6} {'F1':>6} {'span F1':>8}")
+    for prefix, label, spans in (("ours", f"OneGen, τ={m.get('link_threshold', float('nan')):.3f}", "ours"),
+                                 ("string_match_most_frequent", "string match + most frequent", "string_match"),
+                                 ("string_match_minilm", "string match + MiniLM", "string_match")):
+        e2e = [m[f"el_{prefix}_end_to_end_{k}"] for k in ("precision", "recall", "f1")]
+        lines.append(f"    {label:<30}" + " ".join(f"{v:6.3f}" for v in e2e) + f" {m[f'el_{spans}_detection_f1']:8.3f}")
+    return lines
 
 
 # -- MiniLM: the retriever a user would pick instead -------------------------------------------
@@ -231,6 +255,7 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
         question_vectors = encode([e.prompt[-1].content for e in examples]) if examples else np.zeros((0, 1))
         free, answers = free_running_block(model, index, examples, references, question_vectors, minilm_docs, cfg)
         plain_metrics, plain_lm = plain_lm_comparison(cfg, forced.lm_loss, rows, dev_path, corpus, scratch)
+        linking = linking_block(cfg, model, index, encode, minilm_docs, scratch) if cfg.data.linking_dev else None
 
         indexed = set(index.corpus.ids)  # a gold page outside the index can never be found: count those hops
         metrics = {
@@ -241,12 +266,33 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
             "dev_rows_truncated": float(sum(r.truncated_tokens > 0 for r in rows)),
             "gold_not_indexed": float(sum(not (g & indexed) for g in ours.gold)),
             "index_documents": float(index.ntotal), "corpus_documents": float(len(corpus)),
+            **(linking.metrics() if linking else {}),
+            **({"link_threshold": model.link_threshold} if linking and model.link_threshold is not None else {}),
             "evaluate_seconds": time.perf_counter() - started,
         }
         report = EvaluateReport(metrics, list(cfg.evaluate.ks), run_id, plain_lm, minilm_source, failed,
                                 _per_hop(ours, theirs), answers)
         _log(cfg, report, ours, theirs, scratch)
     return report
+
+
+def linking_block(cfg: PipelineConfig, model: OneGenModel, index: DocumentIndex, encode: Encode, minilm_docs: np.ndarray,
+                  scratch: Path) -> LinkingEvaluation:
+    """Entity linking on the held-out texts; the corpus's documents are the knowledge base."""
+    endpoint, data_dir = cfg.storage.s3_endpoint_url, cfg.data.dir.rstrip("/")
+    dev_path = local_file(f"{data_dir}/{cfg.data.linking_dev}", endpoint, scratch)
+    dev = list(iter_linked_texts(dev_path, index.corpus, ScreenReport(source=str(dev_path))))
+    forms = Matcher.of(index.corpus)
+    train = []
+    if cfg.data.linking_train:
+        train_path = local_file(f"{data_dir}/{cfg.data.linking_train}", endpoint, scratch)
+        train = iter_examples(train_path, index.corpus, ScreenReport(source=str(train_path)))
+    row = {doc_id: i for i, doc_id in enumerate(index.corpus.ids)}
+    minilm = MiniLMLinker(encode, lambda ids: minilm_docs[[row[i] for i in ids]])  # the same "title: description" rows
+    config = cfg.evaluate.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": LINK_MAX_TOKENS,
+                                                        "link_threshold": model.link_threshold})
+    return evaluate_linking(model, index, forms, dev, MostFrequentEntity.from_examples(train, forms), minilm,
+                            cfg.evaluate.linking_sample, config, cfg.evaluate.linking_unambiguous_texts)
 
 
 def encode_dev(dev_path: Path, corpus: Corpus, model: OneGenModel, max_length: int,

@@ -20,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.data.aliases import Matcher
 from components.data.screening import encode_examples, load_corpus
-from components.generation.threshold import Calibration, calibrate_model
+from components.generation.threshold import Calibration, calibrate_model, where_linkable
 from components.model.base import materialize
 from components.platform import storage, tracking
+from components.tokens import ENTITY
 from pipelines.checkout import torch_extensions_dir
 from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
@@ -138,9 +140,13 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
         model = build_model(cfg.train)
         checkpoints.load_weights(ckpt, model, where)
         if cfg.variant == "onegen" and cfg.data.calibration is not None:
-            calibration = calibrate_threshold(model, cfg, Path(tmp))
+            calibration = calibrate_threshold(model, cfg, Path(tmp), cfg.data.calibration)
             model.retrieval_threshold = calibration.threshold
-            log_calibration(cfg, state.mlflow_run_id or run_id, calibration)
+            log_calibration(cfg, state.mlflow_run_id or run_id, calibration, "retrieval_threshold", "calibration_")
+        if cfg.variant == "onegen" and cfg.data.linking_train is not None:
+            calibration = calibrate_threshold(model, cfg, Path(tmp), cfg.data.linking_train, link=True)
+            model.link_threshold = calibration.threshold
+            log_calibration(cfg, state.mlflow_run_id or run_id, calibration, "link_threshold", "link_calibration_")
         out = model.save_pretrained(Path(tmp) / "model")
         fs, path = storage.filesystem(cfg.paths.model, endpoint)
         fs.delete_dir_contents(path, missing_dir_ok=True)  # no file of an older model stays beside it
@@ -150,26 +156,30 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
     return where, state
 
 
-def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path) -> Calibration:
-    """τ of the threshold policy for the trained weights, on a seeded sample of training walks
-    (`data.calibration`, never the evaluation split)."""
-    path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.calibration}", cfg.storage.s3_endpoint_url, scratch)
+def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path, name: str, link: bool = False) -> Calibration:
+    """τ of the threshold policy for the trained weights, on a seeded sample of training rows
+    (`name`, in data.dir; never the evaluation split): [RQ] on walks, or with `link` [EL] on
+    named-entity linking rows, at the positions link mode lets the model write it."""
+    path = local_file(f"{cfg.data.dir.rstrip('/')}/{name}", cfg.storage.s3_endpoint_url, scratch)
     corpus_path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.corpus}", cfg.storage.s3_endpoint_url, scratch)
     corpus, _ = load_corpus(corpus_path)
     rows, _ = encode_examples(path, corpus, model.formatter, cfg.train.max_length)
     rows = [r for r in rows if r.query_positions]
     if not rows:
-        raise StageError(f"data.calibration {path} has no row that retrieves: the threshold policy cannot be calibrated")
+        raise StageError(f"calibration rows {path} have no {'[EL]' if link else '[RQ]'}: the threshold policy cannot be calibrated")
     sample = random.Random(cfg.train.optim.seed).sample(rows, min(cfg.data.calibration_rows, len(rows)))
-    return calibrate_model(model, sample)
+    if not link:
+        return calibrate_model(model, sample)
+    entity, forms = model.formatter.special[ENTITY], Matcher.of(corpus)  # the vital articles are the named entities
+    return calibrate_model(model, [where_linkable(r, model.tokenizer, forms, entity) for r in sample], token=entity)
 
 
-def log_calibration(cfg: PipelineConfig, run_id: str, calibration: Calibration) -> None:
+def log_calibration(cfg: PipelineConfig, run_id: str, calibration: Calibration, threshold: str, prefix: str) -> None:
     from mlflow import MlflowClient
 
-    values = {"retrieval_threshold": calibration.threshold, "calibration_f1": calibration.f1,
-              "calibration_precision": calibration.precision, "calibration_recall": calibration.recall,
-              "calibration_argmax_recall": calibration.argmax_recall, "calibration_retrievals": calibration.retrievals}
+    values = {threshold: calibration.threshold, f"{prefix}f1": calibration.f1,
+              f"{prefix}precision": calibration.precision, f"{prefix}recall": calibration.recall,
+              f"{prefix}argmax_recall": calibration.argmax_recall, f"{prefix}retrievals": calibration.retrievals}
     client = MlflowClient(cfg.mlflow.tracking_uri)
     for key, value in values.items():
         client.log_metric(run_id, key, float(value))

@@ -19,11 +19,11 @@ def crane_text(**changes) -> LinkedText:
     return LinkedText(**{**fields, **changes})
 
 
-def test_a_linking_row_writes_each_mention_then_el_and_contrasts_the_other_candidates():
+def test_a_linking_row_copies_the_text_with_el_after_each_mention_and_contrasts_the_other_candidates():
     record = crane_text()
     assert [record.surface(m) for m in record.mentions] == ["crane", "crane"]
     assert all(m.ambiguous for m in record.mentions)
-    assert link_answer(record) == "crane[EL] crane[EL]"
+    assert link_answer(record) == "The crane[EL] lifted the beam while a crane[EL] waded."
     row = Example.model_validate(linking_example(record, negatives=3))
     assert row.prompt[0].content == "Link the entities in this text:\n" + TEXT
     assert row.positives == [["Crane (machine)"], ["Crane (bird)"]]

@@ -91,6 +91,10 @@ def test_build_writes_linking_rows_split_by_source(tmp_path):
             assert row.retrieval_tokens == ["[EL]"] * len(row.positives)
             assert not any(row.id.startswith(f"el-{s}-") for s in dev_sources)
         assert report.files[f"linking_{kb}_dev.jsonl"].hops == sum(len(t.mentions) for t in dev)
+        # The ambiguous rows again on their own: exactly the training rows with a hard negative.
+        ambiguous = list(iter_examples(tmp_path / f"linking_{kb}_ambiguous_train.jsonl", both, ScreenReport(source="a")))
+        assert [r.id for r in ambiguous] == [r.id for r in train if any(r.negatives)]
+        assert len(ambiguous) > 0 or kb == "wikipedia"  # every WordNet sample lemma is polysemous
     assert "[EL]" in report.summary() and "gold mentions" in report.summary()
 
 

@@ -1,7 +1,7 @@
-"""Named-entity linking texts from article extracts: titles and base names as surface forms,
+"""Named-entity linking texts from article extracts:
 self-mentions as the certain gold of an ambiguous name, sentences without a certain gold left out."""
 
-from components.datasets.named_entities import NamedEntityReport, base_name, named_entity_texts, surface_forms
+from components.datasets.named_entities import NamedEntityReport, named_entity_texts
 from components.datasets.vital_articles import vital_articles
 
 ARTICLES = {
@@ -14,21 +14,6 @@ ARTICLES = {
     "Austin, Texas": {"title": "Austin, Texas", "extract": "Austin is a city.", "description": "city", "topic": "Geography"},
     "Go": {"title": "Go", "extract": "Go is a game.", "description": "game", "topic": "Games"},  # too short to match
 }
-
-
-def test_base_names_drop_the_qualifier():
-    assert base_name("Crane (bird)") == "Crane"
-    assert base_name("Austin, Texas") == "Austin"
-    assert base_name("Washington, D.C.") == "Washington"
-    assert base_name("Africa") == "Africa"
-
-
-def test_surface_forms_name_every_article_they_could_mean():
-    forms = surface_forms(vital_articles(ARTICLES))
-    assert forms["Crane"] == forms["crane"] == ["Crane (bird)", "Crane (machine)"]  # a shared base name is a common noun
-    assert forms["Crane (bird)"] == ["Crane (bird)"] and forms["Austin"] == ["Austin, Texas"]
-    assert "africa" not in forms  # an unshared name matches only as written
-    assert "Go" not in forms
 
 
 def test_texts_link_self_mentions_and_leave_out_uncertain_sentences():

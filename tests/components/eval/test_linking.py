@@ -74,11 +74,11 @@ def test_wordnet_baseline_is_the_first_sense_of_the_gold_part_of_speech():
 
 
 def test_the_string_match_pipeline_finds_every_form_and_links_it_by_frequency():
-    from components.datasets.named_entities import Matcher
+    from components.data.aliases import Matcher
 
     matcher = Matcher({"crane": CRANES, "Africa": ["Africa"], "waded": ["Wading"]})
     train = [text("t1", "A crane lifted.", (2, 7, MACHINE, CRANES))]
-    predicted = string_match_pipeline(DEV, matcher, MostFrequentEntity(train))
+    predicted = string_match_pipeline(DEV, matcher, MostFrequentEntity(train).link)
     assert predicted == [[Predicted(4, 9, MACHINE), Predicted(17, 23, "Africa")], [Predicted(2, 7, MACHINE), Predicted(8, 13, "Wading")]]
     assert detection(DEV, predicted)["recall"] == 1.0 and end_to_end(DEV, predicted)["recall"] == pytest.approx(2 / 3)
 
@@ -102,37 +102,40 @@ def test_minilm_linker_picks_the_candidate_nearest_the_text():
 def test_ours_on_gold_mentions_is_the_el_state_the_decoder_reaches_writing_them(tokenizer):
     from components import tokens as st
     from components.config import GenerationConfig
-    from components.generation.decoder import InStreamDecoder
+    from components.generation.decoder import InStreamDecoder, KnowledgeBase
     from components.generation.linking import link_texts
     from components.model.base import tiny_llama
     from components.model.onegen import OneGenModel
     from components.retrieval.index import build_index
     from tests.components.generation.test_linking import writes
-    from tests.conftest import synthetic_retrieval
+    from tests.conftest import crane_entities
 
     model = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer).eval()
-    corpus, _ = synthetic_retrieval()
-    index = build_index(model, corpus)
+    index = build_index(model, crane_entities())
     body = "The crane lifted the beam while a crane waded."
-    gold = text("g", body, (4, 9, "d1", ["d1", "d2"]), (34, 39, "d2", ["d1", "d2"]))
+    gold = text("g", body, (4, 9, BIRD, CRANES), (34, 39, MACHINE, CRANES))
     f = model.formatter
     el = f.special[st.ENTITY]
-    answer = [*f.text("crane"), el, *f.text(" crane"), el, *sorted(f.eos_ids)[:1]]
+    answer = [*f.text("The crane"), el, *f.text(" lifted the beam while a crane"), el, *f.text(" waded."), *sorted(f.eos_ids)[:1]]
+    decoder = InStreamDecoder(model, None, {"wikipedia": KnowledgeBase.of(index, index.corpus)})
     with writes(model, answer):
-        (free,) = link_texts(InStreamDecoder(model, None, {"wikipedia": index}), [body], config=GenerationConfig(max_new_tokens=8))
+        (free,) = link_texts(decoder, [body], config=GenerationConfig(max_new_tokens=len(answer) + 2))
     vectors = gold_mention_vectors(model, index.corpus, [gold])
-    assert nearest_entities(index, vectors, [gold]) == [[m.entity_id for m in free]]
-    # Among a mention's candidates only, each is the nearer of the two by the index's stored vectors.
-    (chosen,) = nearest_candidates([gold], vectors, index.vectors)
-    stored = index.vectors(["d1", "d2"])
-    assert chosen == [["d1", "d2"][int((stored @ v).argmax())] for v in vectors]
+    # As served: among a mention's candidates, the nearer of the two by the index's stored vectors.
+    assert nearest_candidates([gold], vectors, index.vectors) == [[m.entity_id for m in free]]
+    stored = index.vectors(CRANES)
+    assert [m.entity_id for m in free] == [CRANES[int((stored @ v).argmax())] for v in vectors]
+    # Over the whole knowledge base, the index's own nearest.
+    assert nearest_entities(index, vectors, [gold]) == [[hits[0].doc_id for hits in index.search(vectors, 1)]]
 
 
 def test_most_frequent_entity_fits_on_linking_training_rows():
+    from components.data.aliases import Matcher
     from components.data.linking import linking_example
     from components.data.schema import Example
 
     train = [text("t1", "A crane flew over Africa.", (2, 7, BIRD, CRANES), (18, 24, "Africa", ["Africa"])),
              text("t2", "A crane flew.", (2, 7, BIRD, CRANES)), text("t3", "A crane lifted.", (2, 7, MACHINE, CRANES))]
-    fitted = MostFrequentEntity.from_examples(Example.model_validate(linking_example(t, 3)) for t in train)
+    forms = Matcher({"crane": CRANES, "Africa": ["Africa"]})
+    fitted = MostFrequentEntity.from_examples((Example.model_validate(linking_example(t, 3)) for t in train), forms)
     assert fitted.counts == MostFrequentEntity(train).counts

@@ -1,10 +1,12 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
 from components import tokens as st
 from components.config import GenerationConfig
-from components.generation.decoder import InStreamDecoder
+from components.generation.decoder import InStreamDecoder, KnowledgeBase
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import build_index
@@ -144,21 +146,28 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
     assert kinds.count("hop") == len(done.hops) == 1 and kinds[-1] == "done"
 
 
-def test_entity_linking_mode_links_each_mention(random_setup):
-    model, index, prompts = random_setup
-    el = model.formatter.special[st.ENTITY]
-    decoder = InStreamDecoder(model, index=None, entity_indexes={"wikipedia": index})
-    with forced_token(model, el, calls={3, 7, 12}):
-        out = decoder.generate([prompts[0]], GenerationConfig(mode="link", max_new_tokens=16))[0]
+def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_model):
+    from tests.conftest import CRANES, crane_entities
+
+    model, entities = random_model, crane_entities()
+    index = build_index(model, entities)
+    f, el = model.formatter, model.formatter.special[st.ENTITY]
+    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)})
+    prompt = f.prompt([{"role": "user", "content": "Link the entities in this text:\nThe crane and the Steel crane."}])
+    written = [*f.text("The crane"), el, *f.text(" and the Steel"), el, *f.text(" crane"), el, *sorted(f.eos_ids)[:1]]
+    with contextlib.ExitStack() as stack:
+        for token in set(written):
+            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(written) if t == token}))
+        out = decoder.generate([prompt], GenerationConfig(mode="link", max_new_tokens=len(written)))[0]
     positions = [i for i, t in enumerate(out.generated) if t == el]
-    assert positions == [3, 7, 12]  # call n of the head samples generated token n (call 0: the prompt)
+    assert positions == [n for n, t in enumerate(written) if t == el] and out.generated == written
     assert out.hops == [] and [link.step for link in out.links] == positions
-    bounds = [0] + [p + 1 for p in positions]
-    for link, start, end in zip(out.links, bounds, positions):
-        assert link.span == model.tokenizer.decode(out.generated[start:end], skip_special_tokens=True).strip()
-    vectors = clean_states(model, prompts[0] + out.stream, [len(prompts[0]) + p for p in positions])
-    expected = index.search(vectors, 1)
+    assert [link.span for link in out.links] == ["crane", "Steel", "crane"]
+    # Each [EL] state is the clean forward's, matched among the entities its form names only.
+    vectors = clean_states(model, prompt + out.stream, [len(prompt) + p for p in positions])
+    expected = index.search_among(vectors, [CRANES, ["Steel"], CRANES])
     assert [link.entity_id for link in out.links] == [hits[0].doc_id for hits in expected]
+    assert [link.score for link in out.links] == pytest.approx([hits[0].score for hits in expected], abs=1e-5)
 
 
 def test_an_index_built_by_another_model_is_refused(random_model, tokenizer):

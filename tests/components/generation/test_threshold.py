@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from components.config import GenerationConfig
+from components.data.tokenize import IGNORE
 from components.generation.decoder import InStreamDecoder
-from components.generation.threshold import calibrate, calibrate_model, rq_probabilities
+from components.generation.threshold import calibrate, calibrate_model, token_probabilities, where_linkable
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import build_index
@@ -52,13 +53,34 @@ def test_calibration_picks_the_cut_with_the_best_f1():
     assert cal.threshold == pytest.approx((0.3 + 0.2) / 2) and cal.f1 == pytest.approx(6 / 7)
     assert (cal.precision, cal.recall, cal.positions, cal.retrievals) == (0.75, 1.0, 7, 3)
     assert cal.argmax_recall == pytest.approx(1 / 3)  # argmax alone retrieves only where P > 0.5
-    with pytest.raises(ValueError, match="no \\[RQ\\] target"):
+    with pytest.raises(ValueError, match="no target is the token"):
         calibrate(probs, np.zeros(7, dtype=bool), np.zeros(7, dtype=bool))
 
 
 def test_calibrating_a_trained_model_separates_its_retrieval_positions(trained_tiny):
     rows = [trained_tiny.model.formatter.example(e, trained_tiny.corpus, 256) for e in trained_tiny.examples]
-    probs, is_rq, _ = rq_probabilities(trained_tiny.model, rows)
+    probs, is_rq, _ = token_probabilities(trained_tiny.model, rows, trained_tiny.model.formatter.query_id)
     assert is_rq.sum() == len(rows) and len(probs) > 5 * len(rows)  # one [RQ] target per row among many
     cal = calibrate_model(trained_tiny.model, rows)
     assert cal.recall >= 0.9 and cal.precision >= 0.9 and 0 < cal.threshold < 1
+
+
+def test_el_is_calibrated_only_where_link_mode_may_write_it(tokenizer):
+    from components import tokens as st
+    from components.data.aliases import Matcher
+    from components.data.linking import LinkedText, Mention, linking_example
+    from components.data.schema import Example
+    from tests.conftest import CRANES, crane_entities
+
+    model = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer).eval()
+    entities = crane_entities()
+    record = LinkedText(id="t", kb="wikipedia", source="Heron", text="The crane saw a Heron near Steel.", mentions=[
+        Mention(start=4, end=9, entity_id=CRANES[0], candidates=CRANES), Mention(start=16, end=21, entity_id="Heron", candidates=["Heron"])])
+    row = model.formatter.example(Example.model_validate(linking_example(record, 3)), entities, 256)
+    el = model.formatter.special[st.ENTITY]
+    kept = where_linkable(row, model.tokenizer, Matcher.of(entities), el)
+    targets = [model.tokenizer.decode(row.input_ids[t]) for t, label in enumerate(kept.labels) if label != IGNORE]
+    # After "The crane" and "a Heron" (the [EL] targets), and after "Steel" (a form the gold leaves unlinked).
+    assert targets == ["[EL]", "[EL]", "."]
+    probs, is_el, _ = token_probabilities(model, [kept], el)
+    assert len(probs) == 3 and is_el.tolist() == [True, True, False]

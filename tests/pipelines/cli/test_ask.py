@@ -51,15 +51,16 @@ def test_ask_reports_bad_input_without_a_traceback(saved, tmp_path, capsys):
 
 def test_link_prints_the_mentions_the_same_weights_find(saved, trained_tiny, capsys):
     from components.config import GenerationConfig
-    from components.generation.decoder import InStreamDecoder
+    from components.generation.decoder import InStreamDecoder, KnowledgeBase
     from components.generation.linking import link_texts
 
-    text = "The green cat met the red horse."
+    text = "Zorvak met Mibble and the red horse."  # two titles of the corpus: forms [EL] may follow
     assert main(["link", text, "--model", str(saved / "model"), "--index", str(saved / "index"), "--json",
                  "--max_new_tokens", "16"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     index = build_index(trained_tiny.model, trained_tiny.corpus)
-    want = link_texts(InStreamDecoder(trained_tiny.model, index, {"wikipedia": index}), [text], config=GenerationConfig(max_new_tokens=16))[0]
+    decoder = InStreamDecoder(trained_tiny.model, index, {"wikipedia": KnowledgeBase.of(index, index.corpus)})
+    want = link_texts(decoder, [text], config=GenerationConfig(max_new_tokens=16))[0]
     assert out["text"] == text and out["kb"] == "wikipedia"
     assert [(m["text"], m["start"], m["entity_id"]) for m in out["mentions"]] == [(m.text, m.start, m.entity_id) for m in want]
 

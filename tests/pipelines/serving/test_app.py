@@ -146,10 +146,10 @@ def test_search_models_health_and_openapi(server):
 
 @pytest.mark.timeout(300)
 def test_link_answers_as_the_same_weights_do_in_process(server, trained_tiny):
-    from components.generation.decoder import InStreamDecoder
+    from components.generation.decoder import InStreamDecoder, KnowledgeBase
     from components.generation.linking import link_texts
 
-    text = "The green cat met the red horse."
+    text = "Zorvak met Mibble and the red horse."  # two titles of the corpus: forms [EL] may follow
     auth = {"Authorization": f"Bearer {KEY}"}
     reply = httpx.post(f"{server}/v1/link", json={"model": NAME, "text": text, "max_tokens": 24}, headers=auth, timeout=120)
     assert reply.status_code == 200
@@ -158,7 +158,7 @@ def test_link_answers_as_the_same_weights_do_in_process(server, trained_tiny):
     index = build_index(trained_tiny.model, trained_tiny.corpus)
     from components.config import GenerationConfig
 
-    expected = link_texts(InStreamDecoder(trained_tiny.model, index, {"wikipedia": index}), [text],
+    expected = link_texts(InStreamDecoder(trained_tiny.model, index, {"wikipedia": KnowledgeBase.of(index, index.corpus)}), [text],
                           config=GenerationConfig(max_new_tokens=24))[0]
     assert [(m["text"], m["start"], m["entity_id"]) for m in body["mentions"]] == [(m.text, m.start, m.entity_id) for m in expected]
     assert body["usage"]["prompt_tokens"] > len(text.split())

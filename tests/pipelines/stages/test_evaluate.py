@@ -5,11 +5,12 @@ import re
 import numpy as np
 import pytest
 
+from components.data.linking import LinkedText, Mention
 from components.eval.metrics import normalize_answer
 from components.retrieval.index import build_index
 from pipelines.config import PipelineConfig, load_config
 from pipelines.stages.evaluate import evaluate, summary_table
-from tests.conftest import ANIMALS, COLORS
+from tests.conftest import ANIMALS, COLORS, NAMES
 
 LONG_PROMPT = "Tell me, please, " + "and also this " * 120 + "what is the red cat called?"  # [RQ] beyond max_length
 
@@ -48,6 +49,12 @@ def stage_inputs(trained_tiny, tmp_path_factory):
         for example in trained_tiny.examples:
             f.write(example.model_dump_json() + "\n")
         f.write(json.dumps(long_row) + "\n")
+    with open(data / "linking_dev.jsonl", "w") as f:  # the corpus's titles are its named entities
+        for i, (a, b) in enumerate(zip(NAMES[:6], NAMES[1:7])):
+            text = f"{a} met {b} today."
+            spans = [(0, len(a), f"d{i}"), (len(a) + 5, len(a) + 5 + len(b), f"d{i + 1}")]
+            f.write(LinkedText(id=f"l{i}", kb="wikipedia", source=f"d{i}", text=text, mentions=[
+                Mention(start=s, end=e, entity_id=d, candidates=[d]) for s, e, d in spans]).model_dump_json() + "\n")
     cfg = stage_config(data, root / "storage", "unused", "unused")
     trained_tiny.model.retrieval_threshold = 0.3  # as if the train stage had calibrated it
     try:
@@ -60,10 +67,10 @@ def stage_inputs(trained_tiny, tmp_path_factory):
 
 def stage_config(data_dir, root, tracking_uri: str, experiment: str, **evaluate) -> PipelineConfig:
     base = load_config("tiny").model_dump()
-    base["data"] = {"dir": str(data_dir), "dev": "dev.jsonl", "corpus": "corpus.jsonl"}
+    base["data"] = {"dir": str(data_dir), "dev": "dev.jsonl", "corpus": "corpus.jsonl", "linking_dev": "linking_dev.jsonl"}
     base["storage"] = {"root": str(root)}
     base["mlflow"] = {"tracking_uri": tracking_uri, "experiment": experiment}
-    base["evaluate"].update({"max_length": 256, "plain_lm_baseline": True, **evaluate})
+    base["evaluate"].update({"max_length": 256, "plain_lm_baseline": True, "linking_sample": 4, **evaluate})
     base["evaluate"]["generation"].update(top_k=1, max_retrievals=4)  # the synthetic task inserts one passage per hop
     return PipelineConfig.model_validate(base)
 
@@ -124,6 +131,16 @@ def test_evaluate_logs_retrieval_answers_and_loss_into_the_training_run(trained_
     table = report.summary()
     assert re.search(r"OneGen \[RQ\]\s+[01]\.\d{3}", table) and "MiniLM top-N (budget)" in table
     assert "failed dev row 33: truncated_retrieval" in table
+
+    # Entity linking beside RAG: every gold mention (12, each name the title of one document), then
+    # 4 texts (a seeded sample) end to end, where the string matcher finds every gold span.
+    assert (m["el_ours_mentions_unambiguous"], m["el_ours_mentions_ambiguous"], m["el_texts_linked"]) == (12, 0, 4)
+    assert m["el_ours_accuracy_unambiguous"] == m["el_most_frequent_accuracy_unambiguous"] == m["el_minilm_accuracy_unambiguous"] == 1.0
+    assert 0 <= m["el_ours_whole_knowledge_base_accuracy_unambiguous"] <= 1
+    assert m["el_string_match_minilm_end_to_end_f1"] == m["el_string_match_detection_f1"] == 1.0
+    assert m["el_ours_end_to_end_gold"] == 8 and 0 <= m["el_ours_end_to_end_f1"] <= m["el_ours_detection_f1"] <= 1
+    assert logged["el_ours_accuracy_unambiguous"] == 1.0
+    assert re.search(r"OneGen \[EL\], whole base\s+nan\s+[01]\.\d{3}", table) and "string match + MiniLM" in table
 
 
 @pytest.mark.timeout(180, func_only=True)  # the trained_tiny fixture trains first (~1 min)
