@@ -327,6 +327,8 @@ class InStreamDecoder:
                 logits[self.query_id] = float("-inf")
             row.ending = self._mention_ending(row)
             following = self._following(row) if cfg.copy_tokens and self._linking(row) else None
+            if following is not None and continues_word(self.model.tokenizer.decode([following])):
+                row.ending = None  # inside a word ("crane" of "cranes") no [EL] may go
             if row.ending is None:  # [EL] only right after a surface form it can link
                 logits[self.entity_id] = float("-inf")
             elif self._over_threshold(logits, self.entity_id, cfg.link_threshold):  # on the whole vocabulary, as calibrated
@@ -360,15 +362,9 @@ class InStreamDecoder:
         return tau is not None and float(F.softmax(logits.float(), dim=-1)[token]) > tau
 
     def _following(self, row: _Row) -> int:
-        """A linked copy's next token of its text (the end of the answer once all of it is
-        copied). Inside a word ("crane" of "cranes") no [EL] may go: `row.ending` is cleared."""
+        """A linked copy's next token of its text (the end of the answer once all of it is copied)."""
         copied = sum(t != self.entity_id for t in row.generated)
-        if copied >= len(row.cfg.copy_tokens):
-            return min(self.stop_ids)
-        following = row.cfg.copy_tokens[copied]
-        if continues_word(self.model.tokenizer.decode([following])):
-            row.ending = None
-        return following
+        return row.cfg.copy_tokens[copied] if copied < len(row.cfg.copy_tokens) else min(self.stop_ids)
 
     def _mention_ending(self, row: _Row) -> tuple[str, list[str]] | None:
         """Link mode: the surface form the text written since the previous [EL] ends with, and the

@@ -43,8 +43,9 @@ def copy_budget(formatter, text: str) -> int:
 def link_config(config: GenerationConfig, kb: str, formatter, text: str) -> GenerationConfig:
     """`config` in link mode for `kb` (retrieval on: [EL] is what searches), copying `text`, with
     its copy budget (at most `config.max_new_tokens`)."""
-    return config.model_copy(update={"mode": "link", "kb": kb, "retrieval": True, "copy_tokens": formatter.text(text),
-                                     "max_new_tokens": min(config.max_new_tokens, copy_budget(formatter, text))})
+    tokens = formatter.text(text)
+    return config.model_copy(update={"mode": "link", "kb": kb, "retrieval": True, "copy_tokens": tokens,
+                                     "max_new_tokens": min(config.max_new_tokens, len(tokens) + COPY_ROOM)})
 
 
 def mentions(text: str, generation: Generation) -> list[LinkedMention]:
