@@ -1,4 +1,7 @@
-"""Q5 and Q6 (entity linking, the vital-article knowledge base) for a trained model and its index:
+"""Q5 and Q6 (entity linking) for a trained model and its index, on one knowledge base: the vital
+articles (named entities) or, with `--kb wordnet`, WordNet's synsets (word senses; the most frequent
+baseline is then the first-listed sense, MiniLM reads glosses, and the string matcher finds the
+text's target word, the word whose sense is asked):
 
     Q5  linking accuracy on the ambiguous gold mentions of the held-out texts: ours (the `[EL]`
         state after each gold mention, the nearest of the surface form's candidates, as the server
@@ -12,7 +15,7 @@
         drawn without looking at the labels)
 
     python -m bench.linking_quality --model .onegen/storage/models/NAME --index .onegen/storage/indexes/NAME \\
-        [--data data] [--sample 128]
+        [--kb wikipedia|wordnet] [--data data] [--sample 128]
 
 Both ratios' raw figures, unambiguous mentions and detection P/R/F1 included, go to the JSON files.
 """
@@ -35,50 +38,53 @@ from components.config import GenerationConfig
 from components.data.aliases import Matcher
 from components.data.screening import ScreenReport, iter_examples, iter_linked_texts
 from components.eval import linking as el
+from components.retrieval.index import KNOWLEDGE_BASES_DIR, DocumentIndex
 from components.retrieval.minilm import MiniLMRetriever
-from pipelines.stages.evaluate import minilm_corpus
+from pipelines.stages.evaluate import linking_baselines, minilm_corpus
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_trained_model_args(parser)
+    parser.add_argument("--kb", choices=["wikipedia", "wordnet"], default="wikipedia",
+                        help="the knowledge base: the vital articles, or WordNet's synsets (its entity index inside --index)")
     parser.add_argument("--sample", type=int, default=128, help="held-out texts linked free-running (seeded random sample)")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
     model, index = load_trained(args.model, args.index)
-    corpus = index.corpus  # the vital articles: the named-entity knowledge base
-    dev = list(iter_linked_texts(f"{args.data}/linking_wikipedia_dev.jsonl", corpus, ScreenReport(source="dev")))
-    train = iter_examples(f"{args.data}/linking_wikipedia_train.jsonl", corpus, ScreenReport(source="train"))
-    forms = Matcher.of(corpus)
-    frequent = el.MostFrequentEntity.from_examples(train, forms)
+    kb = args.kb
+    entities = index if kb == "wikipedia" else DocumentIndex.load(f"{args.index}/{KNOWLEDGE_BASES_DIR}/{kb}", model.fingerprint())
+    corpus = entities.corpus  # the vital articles (the named entities), or WordNet's synsets
+    dev = list(iter_linked_texts(f"{args.data}/linking_{kb}_dev.jsonl", corpus, ScreenReport(source="dev")))
+    train = iter_examples(f"{args.data}/linking_{kb}_train.jsonl", corpus, ScreenReport(source="train"))
 
     encoder = MiniLMRetriever()
-    doc_vectors, _ = minilm_corpus(args.data, corpus, encoder.encode, None)  # cached by `onegen data build`
-    row = {d: i for i, d in enumerate(corpus.ids)}
-    minilm = el.MiniLMLinker(encoder.encode, lambda ids: doc_vectors[[row[i] for i in ids]])  # the cached "title: description" rows
+    doc_vectors = minilm_corpus(args.data, corpus, encoder.encode, None)[0] if kb == "wikipedia" else None  # cached by `onegen data build`
+    frequent, minilm = linking_baselines(kb, corpus, train, encoder.encode, doc_vectors)
     config = GenerationConfig(max_new_tokens=256, link_threshold=model.link_threshold)  # each text gets its copy budget
     # Q5 on every gold mention of every held-out text; Q6 on a seeded random sample, free-running.
-    result = el.evaluate_linking(model, index, forms, dev, frequent, minilm, args.sample, config)
+    result = el.evaluate_linking(model, entities, Matcher.of(corpus), dev, frequent, minilm, args.sample, config)
     accuracy, e2e, detection, sample, ours = result.accuracy, result.end_to_end, result.detection, result.sample, result.linked
     pipelines = [k for k in e2e if k != "ours"]
     print({k: {m: round(v, 3) for m, v in a.items()} for k, a in accuracy.items()}, file=sys.stderr)
     print({k: round(v["f1"], 3) for k, v in e2e.items()}, file=sys.stderr)
 
     common = {"device": device_string("cpu"), "model": args.model, "command": command_line("bench.linking_quality", argv),
-              "knowledge_base": f"vital articles ({index.ntotal})", "held_out_texts": len(dev)}
+              "knowledge_base": f"{'vital articles' if kb == 'wikipedia' else 'WordNet synsets'} ({entities.ntotal})",
+              "held_out_texts": len(dev)}
     best = max(accuracy["most_frequent"]["accuracy_ambiguous"], accuracy["minilm"]["accuracy_ambiguous"])
     write_result(args.out, {
-        "id": "q5_linking_accuracy_ambiguous_wikipedia",
-        "what": "linking accuracy on the ambiguous gold mentions of the held-out vital-article texts: ours ([EL] state, "
+        "id": f"q5_linking_accuracy_ambiguous_{kb}",
+        "what": f"linking accuracy on the ambiguous gold mentions of the held-out {kb} texts: ours ([EL] state, "
                 "nearest of the surface form's candidates, as served) ÷ the best baseline (most frequent entity; MiniLM), same candidates",
         "ratio": accuracy["ours"]["accuracy_ambiguous"] / best if best else None, "goal": ">= 1.0",
         "met": bool(best) and accuracy["ours"]["accuracy_ambiguous"] >= best, **common, "accuracy": accuracy,
     })
     base_f1 = max(e2e[k]["f1"] for k in pipelines)
     write_result(args.out, {
-        "id": "q6_end_to_end_el_f1_wikipedia",
+        "id": f"q6_end_to_end_el_f1_{kb}",
         "what": f"end-to-end EL F1 (span and entity), free-running link mode ÷ the best string-matcher pipeline (most "
                 f"frequent entity or MiniLM), {len(sample)} held-out texts (seeded random sample)",
         "link_threshold": model.link_threshold,

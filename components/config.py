@@ -159,3 +159,7 @@ class GenerationConfig(FrozenConfig):
         description="link mode: write [EL] after a surface form whenever P([EL]) exceeds this, not only when it is the "
                     "likeliest token; None: plain sampling. A trained model stores the value calibrated for it",
     )
+    # A word-sense request asks for one word's sense (WordNet's examples are labelled for one lemma),
+    # and nearly every word of a sentence is some lemma: [EL] may then follow that word only.
+    link_forms: list[str] = Field([], description="link mode: the only surface forms [EL] may follow (a word-sense "
+                                                  "request's target word); empty: every form of the knowledge base")

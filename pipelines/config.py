@@ -44,11 +44,15 @@ class DataConfig(FrozenConfig):
     # Training walks (never the dev split) on which the train stage calibrates the threshold
     # policy's τ for the trained weights (components/generation/threshold.py); None: no τ.
     calibration: str | None = Field(None, description="training walks on which the train stage calibrates τ of the threshold policy; none: no τ")
-    # Entity linking (named entities: the corpus's documents are the knowledge base).
-    linking_train: str | None = Field(
-        None, description="named-entity linking training rows: train calibrates τ of [EL] on them, evaluate fits the "
-                          "most-frequent-entity baseline on them; none: neither")
-    linking_dev: str | None = Field(None, description="held-out named-entity linking texts evaluate links; none: no linking evaluation")
+    # Entity linking. The corpus's documents are the `wikipedia` knowledge base (the vital articles
+    # are the named entities); another base brings its own entities file (WordNet's synsets).
+    entities: dict[str, str] = Field(
+        {}, description="knowledge base → its entities file, in dir, for a base other than the corpus (wordnet: "
+                        "entities_wordnet.jsonl); the index stage builds an entity index of each")
+    linking_train: dict[str, str] = Field(
+        {}, description="knowledge base → its linking training rows: train calibrates τ of [EL] on them, evaluate fits "
+                        "the most-frequent-entity baseline on them")
+    linking_dev: dict[str, str] = Field({}, description="knowledge base → its held-out linking texts, which evaluate links")
     calibration_rows: PositiveInt = Field(32, description="rows of data.calibration (and data.linking_train) sampled (seeded) to calibrate τ")
     build: BuildConfig = BuildConfig()  # how `onegen main` builds the files above from the installed packages
 
@@ -57,7 +61,17 @@ class DataConfig(FrozenConfig):
         unknown = sorted(set(self.repeat) - set(self.train))
         if unknown:
             raise ValueError(f"data.repeat names {unknown}, which are not in data.train {self.train}")
+        bases = set(self.knowledge_bases)
+        for name, table in (("linking_train", self.linking_train), ("linking_dev", self.linking_dev)):
+            if set(table) - bases:
+                raise ValueError(f"data.{name} names knowledge bases {sorted(set(table) - bases)}; known: "
+                                 f"{sorted(bases)} (wikipedia is the corpus, others come from data.entities)")
         return self
+
+    @property
+    def knowledge_bases(self) -> dict[str, str]:
+        """Knowledge base → its entities file: the corpus for `wikipedia`, then data.entities."""
+        return {"wikipedia": self.corpus, **self.entities}
 
 
 class PrepareConfig(FrozenConfig):

@@ -5,7 +5,8 @@ A named-entity knowledge base (the vital articles) names each entity by its titl
 names every entity it is the title or base name of; it is *ambiguous* when that is more than one,
 and those entities are the candidates a linker chooses among. Forms are matched as written
 (case-sensitive, whole words); an ambiguous base name is a common noun ("crane", "mole", "scale"),
-so it also matches with a lower-case first letter. Forms shorter than 3 characters or without a
+so it also matches with a lower-case first letter. A document with aliases (a WordNet synset) is
+named by those instead: its lemmas, their inflections, each also capitalised. Forms shorter than 3 characters or without a
 letter are not matched.
 
 Two uses, one table: the data builder finds every mention in a sentence (`Matcher.__call__`), and
@@ -39,11 +40,17 @@ def base_name(title: str) -> str:
     return stripped.split(", ")[0] if stripped == title else stripped
 
 
+def names_of(doc: Document) -> Iterable[str]:
+    """The forms a document is named by: its aliases where it has some (WordNet's lemmas and their
+    inflections), else its title and base name."""
+    return doc.aliases or dict.fromkeys((doc.title, base_name(doc.title)))
+
+
 def surface_forms(documents: Iterable[Document]) -> dict[str, list[str]]:
-    """form → the ids of every document it names (by title or base name), in corpus order."""
+    """form → the ids of every document it names (`names_of`), in corpus order."""
     names: dict[str, list[str]] = defaultdict(list)
     for doc in documents:
-        for form in dict.fromkeys((doc.title, base_name(doc.title))):
+        for form in names_of(doc):
             if len(form) >= MIN_FORM and re.search(r"[^\W\d_]", form):
                 names[form].append(doc.id)
     forms = dict(names)

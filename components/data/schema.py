@@ -21,7 +21,7 @@ that the model cannot match by copying). The corpus itself, and so the index, is
 Entity linking rows (`components/data/linking.py`) use `[EL]` the same way: one positive list per
 `[RQ]` or `[EL]`, in the order they occur; an `[EL]` inserts no passage, so it redacts nothing.
 
-A document is `{"id", "title", "text"}`. Models here check one row alone; checks that need the
+A document is `{"id", "title", "text"}`, with `"aliases"` where an entity has other names. Models here check one row alone; checks that need the
 corpus or other rows (unknown ids, duplicates) live in `validation.py`.
 """
 
@@ -63,6 +63,9 @@ class Document(BaseModel):
     id: Text
     title: str
     text: Text
+    # Other names the entity goes by, for a knowledge base whose titles are not how texts name it
+    # (a WordNet synset: its lemmas and their inflections). Written only when there are some.
+    aliases: list[str] = Field([], exclude_if=lambda aliases: not aliases)
 
     @field_validator("title", "text")
     @classmethod

@@ -21,10 +21,12 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from components.data.aliases import surface_forms
 from components.data.linking import LinkedText, Mention
 from components.data.schema import Document
 
@@ -51,9 +53,11 @@ class Synset:
     lemmas: tuple[str, ...]  # lower case, spaces for underscores, in WordNet's order
     definition: str
     examples: tuple[str, ...]
+    written: tuple[str, ...] = ()  # the lemmas as WordNet spells them ("Attorney General", "NSAID"), where not lower case
 
-    def document(self) -> Document:
-        return Document(id=self.id, title=f"{', '.join(self.lemmas)} ({POS_NAMES[self.pos]})", text=self.definition)
+    def document(self, aliases: Sequence[str] = ()) -> Document:
+        return Document(id=self.id, title=f"{', '.join(self.lemmas)} ({POS_NAMES[self.pos]})", text=self.definition,
+                        aliases=list(aliases))
 
 
 @dataclass
@@ -68,9 +72,43 @@ class WordNet:
         found.update(word[: -len(end)] + base for end, base in _RULES[pos] if word.endswith(end) and len(word) > len(end))
         return found
 
+    def inflections(self, lemma: str, pos: str) -> set[str]:
+        """The forms `bases` maps back to `lemma` (itself included): its detachment rules run
+        backwards and its exception lists read backwards. A few are not words ("craneed"); they
+        are never written, so they never match. Multi-word lemmas only as written."""
+        if " " in lemma:
+            return {lemma}
+        found = {lemma, *self._irregular[pos].get(lemma, [])}
+        found.update(lemma[: len(lemma) - len(base)] + end for end, base in _RULES[pos] if lemma.endswith(base))
+        return {form for form in found if lemma in self.bases(form, pos)}
+
+    def document(self, synset: Synset) -> Document:
+        """The synset as a knowledge-base entity, named by its lemmas' inflections (each also with a
+        capital first letter, as at the start of a sentence, and a multi-word one in title case)."""
+        forms = {f for lemma in synset.lemmas for f in self.inflections(lemma, synset.pos)}
+        # A proper name keeps its spelling, inflected the same way ("NSAID" → "NSAIDs").
+        forms |= {w + f[len(w):] for w in synset.written for f in self.inflections(w.lower(), synset.pos) if f.startswith(w.lower())}
+        forms = sorted(forms)
+        return synset.document(dict.fromkeys([*forms, *(f[0].upper() + f[1:] for f in forms),
+                                              *(" ".join(w[:1].upper() + w[1:] for w in f.split(" ")) for f in forms if " " in f)]))
+
+    @cached_property
+    def _irregular(self) -> dict[str, dict[str, list[str]]]:
+        """pos → base form → its irregular inflections (the exception lists read backwards)."""
+        out: dict[str, dict[str, list[str]]] = {pos: defaultdict(list) for pos in FILES}
+        for pos, table in self.exceptions.items():
+            for inflected, bases in table.items():
+                for base in bases:
+                    out[pos][base].append(inflected)
+        return out
+
+
+def _spelling(word: str) -> str:
+    return re.sub(r"\([a-z]+\)$", "", word).replace("_", " ")  # "crane(a)" marks adjective position
+
 
 def _lemma(word: str) -> str:
-    return re.sub(r"\([a-z]+\)$", "", word).replace("_", " ").lower()  # "crane(a)" marks adjective position
+    return _spelling(word).lower()
 
 
 def _synsets(path: Path, pos: str) -> Iterator[Synset]:
@@ -84,7 +122,8 @@ def _synsets(path: Path, pos: str) -> Iterator[Synset]:
             lemmas = tuple(dict.fromkeys(_lemma(fields[4 + 2 * i]) for i in range(count)))
             examples = tuple(e.strip() for e in _EXAMPLE.findall(gloss) if e.strip())
             definition = _EXAMPLE.sub("", gloss).strip().strip(";").strip()
-            yield Synset(f"wordnet:{fields[0]}-{pos}", pos, lemmas, definition or ", ".join(lemmas), examples)
+            written = tuple(dict.fromkeys(w for i in range(count) if (w := _spelling(fields[4 + 2 * i])) != w.lower()))
+            yield Synset(f"wordnet:{fields[0]}-{pos}", pos, lemmas, definition or ", ".join(lemmas), examples, written)
 
 
 def read_wordnet(directory: str | Path = DIRECTORY) -> WordNet:
@@ -131,7 +170,8 @@ def _occurrences(wordnet: WordNet, synset: Synset, example: str) -> Iterator[tup
 
 def wordnet_texts(wordnet: WordNet, lemma_sample: int | None, seed: int) -> tuple[list[LinkedText], list[Document]]:
     """(texts, knowledge base): a LinkedText per example sentence whose synset's lemma it contains,
-    for the sampled lemmas, and the synsets of those lemmas as documents."""
+    for the sampled lemmas, and the synsets of those lemmas as documents, named by their lemmas'
+    inflections (`WordNet.document`); a text's target word is one of its synset's names."""
     found: list[tuple[Synset, int, tuple[int, int, str]]] = []
     for synset in wordnet.synsets.values():
         for i, example in enumerate(synset.examples):
@@ -152,4 +192,7 @@ def wordnet_texts(wordnet: WordNet, lemma_sample: int | None, seed: int) -> tupl
         for synset, i, (start, end, lemma) in found
         if lemma in chosen and synset.id in wordnet.senses[lemma]
     ]
-    return texts, [wordnet.synsets[s].document() for s in kb_ids]
+    documents = [wordnet.document(wordnet.synsets[s]) for s in kb_ids]
+    # A target that names no entity as a surface form (too short: "no", "tv") could never be linked.
+    forms = surface_forms(documents)
+    return [t for t in texts if t.mentions[0].entity_id in forms.get(t.target, ())], documents

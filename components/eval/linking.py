@@ -118,11 +118,19 @@ class MostFrequentEntity:
         return [[self(t, m) for m in t.mentions] for t in texts]
 
 
-def string_match_pipeline(texts: Sequence[LinkedText], matcher: Callable[[str], Iterable[tuple[int, int, list[str]]]],
+def string_match(forms: Matcher, text: LinkedText) -> list[tuple[int, int, list[str]]]:
+    """The baseline detector: every surface form in the text, or for a word-sense text (which asks
+    for its target word's sense) the target alone, as link mode restricts `[EL]` to it."""
+    if text.target is None:
+        return list(forms(text.text))
+    return list(Matcher({text.target: forms.forms[text.target]})(text.text)) if text.target in forms.forms else []
+
+
+def string_match_pipeline(texts: Sequence[LinkedText], forms: Matcher,
                           link: Callable[[Sequence[LinkedText]], list[list[str]]]) -> list[list[Predicted]]:
-    """The baseline pipeline: every surface form the matcher finds, linked by `link` (a baseline
-    linker's `.link`) among the entities the form names."""
-    found = [list(matcher(t.text)) for t in texts]
+    """The baseline pipeline: every mention the string matcher finds (`string_match`), linked by
+    `link` (a baseline linker's `.link`) among the entities the form names."""
+    found = [string_match(forms, t) for t in texts]
     detected = [t.model_copy(update={"mentions": [Mention(start=s, end=e, entity_id=ids[0], candidates=ids) for s, e, ids in spans]})
                 for t, spans in zip(texts, found)]
     return [[Predicted(s, e, entity) for (s, e, _), entity in zip(spans, linked, strict=True)]

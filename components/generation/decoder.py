@@ -131,6 +131,7 @@ class _Row:
     inserted: set[str] = field(default_factory=set)
     wants_vector: bool = False  # the pending token is a RET token whose state is needed
     mention_start: int = 0  # generated-token index after the previous [EL]
+    forms: Matcher | None = None  # link mode: the surface forms [EL] may follow
     ending: tuple[str, list[str]] | None = None  # link mode: the form the text ends with, its entities
     linking: tuple[str, list[str], int] | None = None  # ... and that of the [EL] being fed, with its step
     text: str = ""  # the answer so far (final once the row finishes)
@@ -372,7 +373,7 @@ class InStreamDecoder:
         if not self._linking(row):
             return None
         written = self.model.tokenizer.decode(row.generated[row.mention_start:], skip_special_tokens=True)
-        found = self.knowledge_bases[row.cfg.kb].forms.ending(written)
+        found = row.forms.ending(written)
         return (written[found[0]:], found[1]) if found else None
 
     def _check_finished(self, row: _Row, token: int) -> list[Event]:
@@ -465,7 +466,18 @@ class InStreamDecoder:
         if self.max_context and len(prompt) >= self.max_context:
             raise ValueError(f"prompt {index} has {len(prompt)} tokens; the model's context is {self.max_context}")
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-        return _Row(index=index, cfg=cfg, pending=list(prompt), prompt_tokens=len(prompt), generator=generator)
+        return _Row(index=index, cfg=cfg, pending=list(prompt), prompt_tokens=len(prompt), generator=generator,
+                    forms=self._forms(cfg))
+
+    def _forms(self, cfg: GenerationConfig) -> Matcher | None:
+        """The surface forms a row's [EL] may follow: its knowledge base's, or the config's `link_forms` among them."""
+        if cfg.mode != "link" or cfg.kb not in self.knowledge_bases:
+            return None
+        forms = self.knowledge_bases[cfg.kb].forms
+        unknown = [f for f in cfg.link_forms if f not in forms.forms]
+        if unknown:
+            raise ValueError(f"link_forms {unknown} are not surface forms of the {cfg.kb!r} knowledge base")
+        return Matcher({f: forms.forms[f] for f in cfg.link_forms}) if cfg.link_forms else forms
 
     def _final_text(self, row: _Row) -> str:
         """The whole answer decoded once (exact at every token boundary), cut at a stop string."""

@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # the model pulls in torch and transformers; a search-only pr
 
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
+# Entity indexes of knowledge bases other than the corpus (WordNet's synsets) are saved inside the
+# corpus index's directory, one folder per base, so they move (registry, serving) with it.
+KNOWLEDGE_BASES_DIR = "knowledge_bases"
 MANIFEST_FILE = "manifest.json"
 
 # |norm - 1| allowed. Float32 vectors are within ~1e-6; a bf16 model normalises in bf16, whose
@@ -320,3 +323,9 @@ def _read(path: Path, reader: Callable[[Path], T]) -> T:
         return reader(path)
     except (RuntimeError, ValueError) as err:  # faiss raises RuntimeError; json and pydantic ValueError
         raise IndexFileError(f"{path}: corrupt or unreadable: {err}") from err
+
+
+def knowledge_base_dirs(index_dir: str | Path) -> dict[str, Path]:
+    """Knowledge base name → its entity index directory, for those saved inside `index_dir`."""
+    root = Path(index_dir) / KNOWLEDGE_BASES_DIR
+    return {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST_FILE).is_file()} if root.is_dir() else {}

@@ -54,16 +54,17 @@ class Link(Command):
         return 0
 
     def _in_process(self) -> list[dict] | int:
-        from components.generation.decoder import InStreamDecoder, KnowledgeBase
-        from components.generation.linking import link_texts
+        from components.generation.decoder import InStreamDecoder
+        from components.generation.linking import link_texts, load_knowledge_bases
 
         loaded = load_local(self.model, self.index, "link")
         if loaded is None:
             return 2
         model, index = loaded
-        decoder = InStreamDecoder(model, index, {"wikipedia": KnowledgeBase.of(index, index.corpus)})
+        decoder = InStreamDecoder(model, index, load_knowledge_bases(index, index.corpus, self.index))
         if self.kb not in decoder.knowledge_bases:
-            print(f"onegen link: no entity index for the {self.kb!r} knowledge base here (in-process: wikipedia)", file=sys.stderr)
+            print(f"onegen link: no entity index for the {self.kb!r} knowledge base in {self.index} "
+                  f"(it has: {', '.join(decoder.knowledge_bases)})", file=sys.stderr)
             return 2
         try:
             config = GenerationConfig(max_new_tokens=self.max_new_tokens, link_threshold=model.link_threshold)

@@ -30,7 +30,7 @@ from components.config import FrozenConfig, GenerationConfig
 from components.data.corpus import Corpus
 from components.generation.batcher import Batcher
 from components.generation.decoder import Event, InStreamDecoder, KnowledgeBase
-from components.generation.linking import copy_budget, link_config, link_prompts, mentions
+from components.generation.linking import check_target, copy_budget, link_config, link_prompts, load_knowledge_bases, mentions
 from components.model.onegen import OneGenModel
 from components.retrieval.index import DOCUMENTS_FILE
 from pipelines.serving import openai_api as api
@@ -205,9 +205,15 @@ class OneGenServer:
                 self.faiss = FaissHost(self.args.faiss_cpus, self.faiss_name)
             self.loads += 1
             index = self.faiss.open(f"{version}#{self.loads}", str(index_dir), model.fingerprint())
-        # The corpus is the vital articles, which are also the named-entity knowledge base.
-        bases = {"wikipedia": KnowledgeBase.of(index, Corpus.load_jsonl(Path(index_dir) / DOCUMENTS_FILE))} if index else None
-        return Loaded(version, model, InStreamDecoder(model, index, bases), index)
+        return Loaded(version, model, InStreamDecoder(model, index, self._knowledge_bases(index, index_dir)), index)
+
+    def _knowledge_bases(self, index: RemoteIndex | None, index_dir: str | None) -> dict[str, KnowledgeBase]:
+        """The corpus (the vital articles are the named entities) and every entity index saved
+        beside it, each in this replica's FAISS actor."""
+        if index is None:
+            return {}
+        return load_knowledge_bases(index, Corpus.load_jsonl(Path(index_dir) / DOCUMENTS_FILE), index_dir,
+                                    lambda name, directory: self.faiss.open(f"{index.key}/{name}", str(directory), index.fingerprint))
 
     def _switch(self) -> None:
         previous, self.current = self.current, self._load()  # batches pick it up as they start
@@ -217,8 +223,9 @@ class OneGenServer:
         """Drop the indexes no request can reach: neither the current version's nor the running batch's."""
         if self.faiss is None:
             return
-        decoders = (self.current.decoder, self.batcher.in_use, also_keep)
-        keep = {d.index.key for d in decoders if d is not None and d.index is not None}
+        decoders = [d for d in (self.current.decoder, self.batcher.in_use, also_keep) if d is not None]
+        keep = {d.index.key for d in decoders if d.index is not None}
+        keep |= {kb.index.key for d in decoders for kb in d.knowledge_bases.values()}
         for key in set(self.faiss.keys) - keep:
             self.faiss.drop(key)
 
@@ -301,12 +308,13 @@ class OneGenServer:
             raise api.ApiError(400, f"this server has no entity index for the {body.kb!r} knowledge base", param="kb", code="no_index")
         try:
             prompt = link_prompts(current.model.formatter, [body.text], body.kb, [body.target])[0]
-        except ValueError as err:  # a wordnet request without its target word
+            check_target(current.decoder.knowledge_bases[body.kb], body.kb, body.text, body.target)
+        except ValueError as err:  # a wordnet request without its target word, or one no [EL] could follow
             raise api.ApiError(400, str(err), param="target") from None
         max_tokens = body.max_tokens or min(copy_budget(current.model.formatter, body.text), self.args.max_tokens_limit)
         self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
         config = GenerationConfig(max_new_tokens=max_tokens, link_threshold=current.model.link_threshold)
-        events = self._submit(prompt, link_config(config, body.kb, current.model.formatter, body.text))
+        events = self._submit(prompt, link_config(config, body.kb, current.model.formatter, body.text, body.target))
         g = (await _done(events)).generation
         return {"model": self.served_name, "kb": body.kb, "text": body.text,
                 "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip

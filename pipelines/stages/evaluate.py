@@ -13,9 +13,10 @@ sees, over the whole index the stage built (the corpus that is registered and se
                      served_evidence_recall is the server's default policy's (promote decides on it)
     answers          FanOutQA's loose and strict accuracy of the final answer, token F1 and EM
     LM loss          next-token loss on the dev walks, beside the plain-LM fine-tune's when there is one
-    entity linking   (when `data.linking_dev` is set) the held-out vital-article texts: linking accuracy
-                     on every gold mention, ambiguous and unambiguous apart, ours ([EL] states) beside
-                     the most frequent entity and MiniLM; then a seeded random sample linked end to end
+    entity linking   (for each base in `data.linking_dev`) the held-out vital-article texts, WordNet's
+                     example sentences: linking accuracy on every gold mention, ambiguous and
+                     unambiguous apart, ours ([EL] states) beside the most frequent entity (WordNet:
+                     the first-listed sense) and MiniLM; then a seeded random sample linked end to end
                      by the model free-running (link mode, its calibrated τ for [EL]) beside a string
                      matcher with each baseline: detection and end-to-end P/R/F1
     all of it ─▶ the model's MLflow run: metrics, recall_at_k.png, evaluation.json
@@ -27,7 +28,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +49,10 @@ from components.eval.teacher_forced import teacher_forced
 from components.generation.decoder import Generation, InStreamDecoder
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from components.platform import storage, tracking
-from components.retrieval.index import DocumentIndex
+from components.retrieval.index import KNOWLEDGE_BASES_DIR, DocumentIndex
 from components.retrieval.minilm import MATRIX_FILE, MATRIX_META, MODEL_NAME, document_text
 from pipelines.config import PipelineConfig
-from pipelines.stages.locations import load_index, load_model, local_file
+from pipelines.stages.locations import data_file, load_index, load_model, local_file
 
 LINK_MAX_TOKENS = 256  # a linked copy's cap; each text gets its own copy budget below it
 WITHIN = 0.02  # generation must not suffer: held-out loss at most 2% above the plain LM's
@@ -100,22 +101,26 @@ def summary_table(m: dict[str, float], ks: Sequence[int]) -> str:
                          f"F1 {m[f'{prefix}_f1']:.3f}, EM {m[f'{prefix}_em']:.3f}")
     plain = (f"; plain LM {m['plain_lm_heldout_lm_loss']:.4f} ({m['lm_loss_vs_plain_lm']:+.2%})" if "lm_loss_vs_plain_lm" in m else "")
     lines.append(f"  held-out LM loss {m.get('heldout_lm_loss', nan):.4f}{plain}")
-    return "\n".join(lines + (linking_table(m) if "el_ours_accuracy" in m else []))
+    for kb, title in (("wikipedia", "held-out vital-article texts"), ("wordnet", "held-out WordNet example sentences")):
+        if f"{linking_prefix(kb)}_ours_accuracy" in m:
+            lines += linking_table(m, linking_prefix(kb), title)
+    return "\n".join(lines)
 
 
-def linking_table(m: dict[str, float]) -> list[str]:
-    lines = [f"entity linking, held-out vital-article texts: gold mentions {m['el_ours_mentions_ambiguous']:.0f} ambiguous, "
-             f"{m['el_ours_mentions_unambiguous']:.0f} unambiguous",
+def linking_table(m: dict[str, float], el: str = "el", title: str = "held-out vital-article texts") -> list[str]:
+    frequent = "first-listed sense" if el == "el_wordnet" else "most frequent entity"
+    lines = [f"entity linking, {title}: gold mentions {m[f'{el}_ours_mentions_ambiguous']:.0f} ambiguous, "
+             f"{m[f'{el}_ours_mentions_unambiguous']:.0f} unambiguous",
              f"  linking accuracy {'':12} {'ambiguous':>10} {'unambiguous':>12}"]
     for prefix, label in (("ours", "OneGen [EL], candidates"), ("ours_whole_knowledge_base", "OneGen [EL], whole base"),
-                          ("most_frequent", "most frequent entity"), ("minilm", "MiniLM, candidates")):
-        lines.append(f"    {label:<26} {m[f'el_{prefix}_accuracy_ambiguous']:10.3f} {m[f'el_{prefix}_accuracy_unambiguous']:12.3f}")
-    lines.append(f"  end to end, {m['el_texts_linked']:.0f} texts (sample) {'P':>5} {'R':>6} {'F1':>6} {'span F1':>8}")
+                          ("most_frequent", frequent), ("minilm", "MiniLM, candidates")):
+        lines.append(f"    {label:<26} {m[f'{el}_{prefix}_accuracy_ambiguous']:10.3f} {m[f'{el}_{prefix}_accuracy_unambiguous']:12.3f}")
+    lines.append(f"  end to end, {m[f'{el}_texts_linked']:.0f} texts (sample) {'P':>5} {'R':>6} {'F1':>6} {'span F1':>8}")
     for prefix, label, spans in (("ours", f"OneGen, τ={m.get('link_threshold', float('nan')):.3f}", "ours"),
-                                 ("string_match_most_frequent", "string match + most frequent", "string_match"),
+                                 ("string_match_most_frequent", f"string match + {frequent}", "string_match"),
                                  ("string_match_minilm", "string match + MiniLM", "string_match")):
-        e2e = [m[f"el_{prefix}_end_to_end_{k}"] for k in ("precision", "recall", "f1")]
-        lines.append(f"    {label:<30}" + " ".join(f"{v:6.3f}" for v in e2e) + f" {m[f'el_{spans}_detection_f1']:8.3f}")
+        e2e = [m[f"{el}_{prefix}_end_to_end_{k}"] for k in ("precision", "recall", "f1")]
+        lines.append(f"    {label:<30}" + " ".join(f"{v:6.3f}" for v in e2e) + f" {m[f'{el}_{spans}_detection_f1']:8.3f}")
     return lines
 
 
@@ -255,7 +260,7 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
         question_vectors = encode([e.prompt[-1].content for e in examples]) if examples else np.zeros((0, 1))
         free, answers = free_running_block(model, index, examples, references, question_vectors, minilm_docs, cfg)
         plain_metrics, plain_lm = plain_lm_comparison(cfg, forced.lm_loss, rows, dev_path, corpus, scratch)
-        linking = linking_block(cfg, model, index, encode, minilm_docs, scratch) if cfg.data.linking_dev else None
+        linking = {kb: linking_block(cfg, kb, model, index, encode, minilm_docs, scratch) for kb in cfg.data.linking_dev}
 
         indexed = set(index.corpus.ids)  # a gold page outside the index can never be found: count those hops
         metrics = {
@@ -266,7 +271,7 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
             "dev_rows_truncated": float(sum(r.truncated_tokens > 0 for r in rows)),
             "gold_not_indexed": float(sum(not (g & indexed) for g in ours.gold)),
             "index_documents": float(index.ntotal), "corpus_documents": float(len(corpus)),
-            **(linking.metrics() if linking else {}),
+            **{k: v for kb, block in linking.items() for k, v in block.metrics(linking_prefix(kb)).items()},
             **({"link_threshold": model.link_threshold} if linking and model.link_threshold is not None else {}),
             "evaluate_seconds": time.perf_counter() - started,
         }
@@ -276,23 +281,42 @@ def evaluate(cfg: PipelineConfig, *, questions: Sequence[dict] | None = None,
     return report
 
 
-def linking_block(cfg: PipelineConfig, model: OneGenModel, index: DocumentIndex, encode: Encode, minilm_docs: np.ndarray,
-                  scratch: Path) -> LinkingEvaluation:
-    """Entity linking on the held-out texts; the corpus's documents are the knowledge base."""
-    endpoint, data_dir = cfg.storage.s3_endpoint_url, cfg.data.dir.rstrip("/")
-    dev_path = local_file(f"{data_dir}/{cfg.data.linking_dev}", endpoint, scratch)
-    dev = list(iter_linked_texts(dev_path, index.corpus, ScreenReport(source=str(dev_path))))
-    forms = Matcher.of(index.corpus)
+def linking_prefix(kb: str) -> str:
+    """MLflow's metric prefix for a knowledge base's linking: el_ (the named entities), el_wordnet_."""
+    return "el" if kb == "wikipedia" else f"el_{kb}"
+
+
+def linking_block(cfg: PipelineConfig, kb: str, model: OneGenModel, index: DocumentIndex, encode: Encode,
+                  minilm_docs: np.ndarray, scratch: Path) -> LinkingEvaluation:
+    """Entity linking on a knowledge base's held-out texts: `wikipedia`'s entities are the corpus's
+    documents (`index`, `minilm_docs`), another base's are its entity index beside the corpus index."""
+    endpoint = cfg.storage.s3_endpoint_url
+    entities = index if kb == "wikipedia" else load_index(f"{cfg.paths.index}/{KNOWLEDGE_BASES_DIR}/{kb}", endpoint,
+                                                          scratch / "knowledge_bases" / kb, model.fingerprint())
+    dev_path = local_file(data_file(cfg, cfg.data.linking_dev[kb]), endpoint, scratch)
+    dev = list(iter_linked_texts(dev_path, entities.corpus, ScreenReport(source=str(dev_path))))
     train = []
-    if cfg.data.linking_train:
-        train_path = local_file(f"{data_dir}/{cfg.data.linking_train}", endpoint, scratch)
-        train = iter_examples(train_path, index.corpus, ScreenReport(source=str(train_path)))
-    row = {doc_id: i for i, doc_id in enumerate(index.corpus.ids)}
-    minilm = MiniLMLinker(encode, lambda ids: minilm_docs[[row[i] for i in ids]])  # the same "title: description" rows
+    if kb in cfg.data.linking_train:
+        train_path = local_file(data_file(cfg, cfg.data.linking_train[kb]), endpoint, scratch)
+        train = iter_examples(train_path, entities.corpus, ScreenReport(source=str(train_path)))
+    frequent, minilm = linking_baselines(kb, entities.corpus, train, encode, minilm_docs)
     config = cfg.evaluate.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": LINK_MAX_TOKENS,
                                                         "link_threshold": model.link_threshold})
-    return evaluate_linking(model, index, forms, dev, MostFrequentEntity.from_examples(train, forms), minilm,
-                            cfg.evaluate.linking_sample, config, cfg.evaluate.linking_unambiguous_texts)
+    return evaluate_linking(model, entities, Matcher.of(entities.corpus), dev, frequent, minilm, cfg.evaluate.linking_sample,
+                            config, cfg.evaluate.linking_unambiguous_texts)
+
+
+def linking_baselines(kb: str, entities: Corpus, train: Iterable[Example], encode: Encode,
+                      minilm_docs: np.ndarray) -> tuple[MostFrequentEntity, MiniLMLinker]:
+    """The baseline linkers of a knowledge base. The named entities (`wikipedia`): each surface
+    form's most frequent entity in `train`, and MiniLM against the corpus's cached "title:
+    description" rows (`minilm_docs`, row i = the corpus's document i). WordNet: the first-listed
+    sense, and MiniLM against each candidate's gloss."""
+    if kb != "wikipedia":
+        return MostFrequentEntity(), MiniLMLinker(encode, lambda ids: encode([document_text(entities.at(entities.position(i))) for i in ids]))
+    row = {doc_id: i for i, doc_id in enumerate(entities.ids)}
+    return (MostFrequentEntity.from_examples(train, Matcher.of(entities)),
+            MiniLMLinker(encode, lambda ids: minilm_docs[[row[i] for i in ids]]))
 
 
 def encode_dev(dev_path: Path, corpus: Corpus, model: OneGenModel, max_length: int,

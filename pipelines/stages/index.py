@@ -1,4 +1,5 @@
-"""index (Ray Data actor pool): the whole corpus → [RD] vectors of the trained model → a FAISS index.
+"""index (Ray Data actor pool): the whole corpus → [RD] vectors of the trained model → a FAISS index;
+the same for each knowledge base's entities (`data.entities`), saved inside it (`knowledge_bases/<name>/`).
 
     corpus.jsonl ─▶ documents with their position ─map_batches(EmbedDocuments actors)─▶ (position, vector)
       ─in position order─▶ build_from_vectors ─▶ paths.index, logged to the model's MLflow run
@@ -13,9 +14,10 @@ Ray Data returns batches in any order; the `position` column puts every vector b
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,10 @@ from components.data.screening import load_corpus
 from components.model.onegen import OneGenModel
 from components.model.precision import autocast, resolved_name
 from components.platform import storage, tracking
-from components.retrieval.index import build_from_vectors
+from components.retrieval.index import KNOWLEDGE_BASES_DIR, build_from_vectors
 from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
-from pipelines.stages.locations import local_dir, local_file, model_fingerprint
+from pipelines.stages.locations import knowledge_base, local_dir, local_file, model_fingerprint
 
 
 @dataclass
@@ -46,15 +48,17 @@ class IndexReport:
     seconds: float  # embedding (actor start and model load included) and FAISS build
     run_id: str
     precision: str = "float32"  # what `index.precision` resolved to on the driver's node (the actors resolve it on theirs)
+    knowledge_bases: dict[str, int] = field(default_factory=dict)  # entity indexes beside the corpus's: entities in each
 
     @property
     def docs_per_s(self) -> float:
-        return self.documents / max(self.seconds, 1e-9)
+        return (self.documents + sum(self.knowledge_bases.values())) / max(self.seconds, 1e-9)
 
     def summary(self) -> str:
         return (f"indexed {self.documents} of {self.corpus_documents} documents, dimension {self.dimension}, {self.kind}, model "
                 f"{self.fingerprint}, {self.precision}, in {self.seconds:.1f}s ({self.docs_per_s:.1f} docs/s) -> {self.location}; "
-                f"MLflow run {self.run_id}")
+                + "".join(f"{kb} knowledge base: {n} entities; " for kb, n in self.knowledge_bases.items())
+                + f"MLflow run {self.run_id}")
 
 
 # -- embedding ----------------------------------------------------------------------------------
@@ -123,24 +127,35 @@ def build(cfg: PipelineConfig) -> IndexReport:
         if screened.quarantined:  # those documents are left out of the index: say so
             print(f"warning: {screened.summary()}", flush=True)
         started = time.perf_counter()
-        vectors = embed_corpus(corpus, cfg.paths.model, fingerprint, endpoint, cfg.index.batch_size,
-                               cfg.index.actors, cfg.index.cpus_per_actor, cfg.index.precision)
-        index = build_from_vectors(vectors, corpus, fingerprint, cfg.index.index)
+        index = _index(cfg, corpus, fingerprint)
         seconds = time.perf_counter() - started
-
         saved = _save(index, cfg.paths.index, endpoint, tmp / "index")
+        entities = {}
+        for kb in cfg.data.entities:  # inside the corpus index's directory: registered and served with it
+            started = time.perf_counter()
+            entity_index = _index(cfg, knowledge_base(cfg, kb, tmp), fingerprint)
+            seconds += time.perf_counter() - started
+            _save(entity_index, f"{cfg.paths.index}/{KNOWLEDGE_BASES_DIR}/{kb}", endpoint, saved / KNOWLEDGE_BASES_DIR / kb)
+            entities[kb] = entity_index.ntotal
         report = IndexReport(
             location=cfg.paths.index, documents=index.ntotal, corpus_documents=len(corpus), dimension=index.dimension, kind=index.kind, fingerprint=fingerprint, seconds=seconds,
-            run_id=run_id, precision=resolved_name(cfg.index.precision),
+            run_id=run_id, precision=resolved_name(cfg.index.precision), knowledge_bases=entities,
         )
         _log(cfg, report, saved)
     return report
+
+
+def _index(cfg: PipelineConfig, corpus: Corpus, fingerprint: str):
+    vectors = embed_corpus(corpus, cfg.paths.model, fingerprint, cfg.storage.s3_endpoint_url, cfg.index.batch_size,
+                           cfg.index.actors, cfg.index.cpus_per_actor, cfg.index.precision)
+    return build_from_vectors(vectors, corpus, fingerprint, cfg.index.index)
 
 
 def _save(index, location: str, endpoint: str | None, scratch: Path) -> Path:
     """Save to `location`; for S3 through `scratch`, replacing what an earlier run left there.
     Returns the local copy (which MLflow logs)."""
     if not storage.is_remote(location):
+        shutil.rmtree(Path(location) / KNOWLEDGE_BASES_DIR, ignore_errors=True)  # no entity index of an older run stays
         return index.save(location)
     index.save(scratch)
     fs, path = storage.filesystem(location, endpoint)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from components.data.corpus import Corpus
+from components.data.screening import load_corpus
 from components.model.onegen import ONEGEN_CONFIG, OneGenModel
 from components.platform import storage
 from components.retrieval.index import DocumentIndex, IndexMismatchError
@@ -34,6 +36,21 @@ def local_file(location: str, endpoint: str | None, scratch: str | Path) -> Path
     path = Path(scratch) / location.rsplit("/", 1)[-1]
     path.write_bytes(storage.read_bytes(location, endpoint))
     return path
+
+
+def data_file(cfg, name: str) -> str:
+    """Where a data file of the config lives (`data.dir` is a directory or an s3:// prefix)."""
+    return f"{cfg.data.dir.rstrip('/')}/{name}"
+
+
+def knowledge_base(cfg, kb: str, scratch: str | Path) -> Corpus:
+    """A knowledge base's entities (for `wikipedia` the corpus), screened."""
+    return load_corpus(local_file(data_file(cfg, cfg.data.knowledge_bases[kb]), cfg.storage.s3_endpoint_url, scratch))[0]
+
+
+def reference_corpus(cfg, scratch: str | Path) -> Corpus:
+    """Every document a training row may name: the corpus and every knowledge base's entities."""
+    return Corpus(doc for kb in cfg.data.knowledge_bases for doc in knowledge_base(cfg, kb, scratch))
 
 
 def load_model(location: str, endpoint: str | None, scratch: str | Path) -> OneGenModel:

@@ -33,6 +33,7 @@ from components.data.tokenize import Formatter
 from components.model.base import load_tokenizer
 from components.platform import storage
 from pipelines.config import PipelineConfig
+from pipelines.stages.locations import data_file
 
 ENCODED = pa.schema([
     ("id", pa.string()),
@@ -123,7 +124,8 @@ def prepare(cfg: PipelineConfig) -> PrepareReport:
     started = time.perf_counter()
     endpoint = cfg.storage.s3_endpoint_url
     inputs = [f"{cfg.data.dir.rstrip('/')}/{name}" for name in cfg.data.train]
-    corpus = storage.read_bytes(f"{cfg.data.dir.rstrip('/')}/{cfg.data.corpus}", endpoint)
+    # What the rows may name: the corpus, and the entities of every other knowledge base (JSONL files joined).
+    corpus = b"\n".join(storage.read_bytes(data_file(cfg, name), endpoint) for name in cfg.data.knowledge_bases.values())
     fs, _ = storage.filesystem(inputs[0], endpoint)
     raw = ray.data.read_binary_files([storage.filesystem(p, endpoint)[1] for p in inputs], filesystem=fs, include_paths=True)
     rows = raw.flat_map(split_rows, num_cpus=cfg.prepare.cpus_per_actor)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.data.aliases import Matcher
-from components.data.screening import encode_examples, load_corpus
+from components.data.screening import encode_examples
 from components.generation.threshold import Calibration, calibrate_model, where_linkable
 from components.model.base import materialize
 from components.platform import storage, tracking
@@ -30,7 +30,7 @@ from pipelines.checkout import torch_extensions_dir
 from pipelines.config import PipelineConfig
 from pipelines.errors import StageError
 from pipelines.stages import checkpoints
-from pipelines.stages.locations import local_file
+from pipelines.stages.locations import data_file, knowledge_base, local_file
 from pipelines.stages.train_worker import build_model, train_loop
 
 
@@ -143,8 +143,8 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
             calibration = calibrate_threshold(model, cfg, Path(tmp), cfg.data.calibration)
             model.retrieval_threshold = calibration.threshold
             log_calibration(cfg, state.mlflow_run_id or run_id, calibration, "retrieval_threshold", "calibration_")
-        if cfg.variant == "onegen" and cfg.data.linking_train is not None:
-            calibration = calibrate_threshold(model, cfg, Path(tmp), cfg.data.linking_train, link=True)
+        if cfg.variant == "onegen" and cfg.data.linking_train:
+            calibration = calibrate_threshold(model, cfg, Path(tmp), *_link_calibration_rows(cfg), link=True)
             model.link_threshold = calibration.threshold
             log_calibration(cfg, state.mlflow_run_id or run_id, calibration, "link_threshold", "link_calibration_")
         out = model.save_pretrained(Path(tmp) / "model")
@@ -156,13 +156,19 @@ def publish_model(cfg: PipelineConfig, checkpoint, run_id: str) -> tuple[str, ch
     return where, state
 
 
-def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path, name: str, link: bool = False) -> Calibration:
+def _link_calibration_rows(cfg: PipelineConfig) -> tuple[str, str]:
+    """(rows, knowledge base) [EL]'s τ is calibrated on: the named entities' where the preset has
+    them, where every surface form may take an [EL] (a word-sense request allows one word)."""
+    kb = "wikipedia" if "wikipedia" in cfg.data.linking_train else next(iter(cfg.data.linking_train))
+    return cfg.data.linking_train[kb], kb
+
+
+def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path, name: str, kb: str | None = None, link: bool = False) -> Calibration:
     """τ of the threshold policy for the trained weights, on a seeded sample of training rows
-    (`name`, in data.dir; never the evaluation split): [RQ] on walks, or with `link` [EL] on
-    named-entity linking rows, at the positions link mode lets the model write it."""
-    path = local_file(f"{cfg.data.dir.rstrip('/')}/{name}", cfg.storage.s3_endpoint_url, scratch)
-    corpus_path = local_file(f"{cfg.data.dir.rstrip('/')}/{cfg.data.corpus}", cfg.storage.s3_endpoint_url, scratch)
-    corpus, _ = load_corpus(corpus_path)
+    (`name`, in data.dir; never the evaluation split): [RQ] on walks, or with `link` [EL] on the
+    linking rows of knowledge base `kb`, at the positions link mode lets the model write it."""
+    path = local_file(data_file(cfg, name), cfg.storage.s3_endpoint_url, scratch)
+    corpus = knowledge_base(cfg, kb or "wikipedia", scratch)  # what the rows name
     rows, _ = encode_examples(path, corpus, model.formatter, cfg.train.max_length)
     rows = [r for r in rows if r.query_positions]
     if not rows:
@@ -170,7 +176,7 @@ def calibrate_threshold(model, cfg: PipelineConfig, scratch: Path, name: str, li
     sample = random.Random(cfg.train.optim.seed).sample(rows, min(cfg.data.calibration_rows, len(rows)))
     if not link:
         return calibrate_model(model, sample)
-    entity, forms = model.formatter.special[ENTITY], Matcher.of(corpus)  # the vital articles are the named entities
+    entity, forms = model.formatter.special[ENTITY], Matcher.of(corpus)
     return calibrate_model(model, [where_linkable(r, model.tokenizer, forms, entity) for r in sample], token=entity)
 
 

@@ -36,6 +36,18 @@ def test_mentions_are_found_inflected_and_link_to_their_own_synset(wordnet):
     assert {d.id for d in kb} == set(wordnet.synsets)
 
 
+def test_an_entity_is_named_by_its_lemmas_inflections(wordnet):
+    """What link mode may put [EL] after: the lemma inflected by WordNet's rules and exception
+    lists, capitalised as at a sentence's start; nothing of another synset's lemmas."""
+    machine = wordnet.document(wordnet.synsets["wordnet:03126580-n"])
+    assert {"crane", "cranes", "Crane", "Cranes"} <= set(machine.aliases) and "craned" not in machine.aliases
+    verb = wordnet.document(wordnet.synsets["wordnet:01854132-v"])
+    assert {"craned", "craning", "cranes"} <= set(verb.aliases)
+    assert "Ice Cream" in wordnet.document(wordnet.synsets["wordnet:04000001-n"]).aliases
+    assert '"aliases"' in machine.model_dump_json()
+    assert "aliases" not in wordnet.synsets["wordnet:02012849-n"].document().model_dump_json()  # written only when there are some
+
+
 def test_a_lemma_sample_brings_all_its_senses(wordnet):
     for seed in range(6):
         texts, kb = wordnet_texts(wordnet, lemma_sample=1, seed=seed)

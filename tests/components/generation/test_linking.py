@@ -88,6 +88,20 @@ def test_the_link_threshold_writes_el_wherever_it_is_likely_enough(setup):
     assert [(m.text, m.start, m.end) for m in found] == [("crane", 4, 9), ("crane", 34, 39)]
 
 
+def test_a_target_word_is_the_only_form_el_may_follow(setup):
+    """A word-sense request names its word: [EL] goes after it and nowhere else, however likely."""
+    model, index, decoder = setup
+    text = "The crane lifted the Steel beam."
+    anywhere = GenerationConfig(max_new_tokens=64, link_threshold=1e-12)  # [EL] wherever it may go
+    assert [m.text for m in link_texts(decoder, [text], config=anywhere)[0]] == ["crane", "Steel"]
+    (found,) = link_texts(decoder, [text], targets=["Steel"], config=anywhere)
+    assert [(m.text, m.start, m.end, m.entity_id) for m in found] == [("Steel", 21, 26, "Steel")]
+    with pytest.raises(ValueError, match="target 'beam' names no entity"):
+        link_texts(decoder, [text], targets=["beam"])
+    with pytest.raises(ValueError, match="target 'Heron' does not occur"):
+        link_texts(decoder, [text], targets=["Heron"])
+
+
 def test_a_knowledge_base_the_decoder_cannot_search_never_links(setup):
     model, index, decoder = setup
     el = model.formatter.special[st.ENTITY]

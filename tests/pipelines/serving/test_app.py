@@ -14,11 +14,15 @@ import numpy as np
 import openai
 import pytest
 
-from components.retrieval.index import build_index
+from components.data.corpus import Corpus
+from components.data.schema import Document
+from components.retrieval.index import KNOWLEDGE_BASES_DIR, build_index
 from pipelines.local.processes import free_ports
 
 KEY = "test-key"
 NAME = "tiny"
+WORD_SENSES = [Document(id="wordnet:03126580-n", title="crane (noun)", text="lifts heavy things", aliases=["crane", "cranes"]),
+               Document(id="wordnet:02012849-n", title="crane (noun)", text="a wading bird", aliases=["crane", "cranes"])]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,7 @@ def server(ray_cluster, trained_tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     trained_tiny.model.save_pretrained(root / "model")
     build_index(trained_tiny.model, trained_tiny.corpus).save(root / "index")
+    build_index(trained_tiny.model, Corpus(WORD_SENSES)).save(root / "index" / KNOWLEDGE_BASES_DIR / "wordnet")  # a second knowledge base
     (port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": str(root / "model"), "index_dir": str(root / "index"), "served_name": NAME,
@@ -164,8 +169,22 @@ def test_link_answers_as_the_same_weights_do_in_process(server, trained_tiny):
     assert body["usage"]["prompt_tokens"] > len(text.split())
 
 
+@pytest.mark.timeout(120)
+def test_a_word_sense_request_links_its_target_from_the_wordnet_index(server):
+    """The entity index saved beside the corpus index is loaded into the replica's FAISS actor; a
+    word-sense request is decoded in link mode with [EL] allowed after its target only."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": NAME, "text": "the crane lifted the crane", "kb": "wordnet", "target": "crane", "max_tokens": 24}
+    reply = httpx.post(f"{server}/v1/link", json=body, headers=auth, timeout=60)
+    assert reply.status_code == 200 and reply.json()["kb"] == "wordnet"
+    for m in reply.json()["mentions"]:  # a random model may write no [EL]; any it writes follows "crane"
+        assert m["text"] == "crane" and m["entity_id"] in {d.id for d in WORD_SENSES}
+
+
 LINK_BAD = [
-    ({"model": NAME, "text": "a crane", "kb": "wordnet", "target": "crane"}, "kb", "no entity index"),
+    ({"model": NAME, "text": "a crane", "kb": "wordnet"}, "target", "names the word whose sense is asked"),
+    ({"model": NAME, "text": "a crane", "kb": "wordnet", "target": "heron"}, "target", "does not occur in the text"),
+    ({"model": NAME, "text": "a heron", "kb": "wordnet", "target": "heron"}, "target", "names no entity of the 'wordnet'"),
     ({"model": NAME, "text": "a crane", "kb": "freebase"}, "kb", None),
     ({"model": NAME, "text": ""}, "text", None),
     ({"model": NAME, "text": "a crane", "max_tokens": 65}, "max_tokens", "at most 64"),

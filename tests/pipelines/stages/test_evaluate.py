@@ -5,9 +5,11 @@ import re
 import numpy as np
 import pytest
 
+from components.data.corpus import Corpus
 from components.data.linking import LinkedText, Mention
+from components.data.schema import Document
 from components.eval.metrics import normalize_answer
-from components.retrieval.index import build_index
+from components.retrieval.index import KNOWLEDGE_BASES_DIR, build_index
 from pipelines.config import PipelineConfig, load_config
 from pipelines.stages.evaluate import evaluate, summary_table
 from tests.conftest import ANIMALS, COLORS, NAMES
@@ -55,6 +57,13 @@ def stage_inputs(trained_tiny, tmp_path_factory):
             spans = [(0, len(a), f"d{i}"), (len(a) + 5, len(a) + 5 + len(b), f"d{i + 1}")]
             f.write(LinkedText(id=f"l{i}", kb="wikipedia", source=f"d{i}", text=text, mentions=[
                 Mention(start=s, end=e, entity_id=d, candidates=[d]) for s, e, d in spans]).model_dump_json() + "\n")
+    senses = Corpus(WORD_SENSES)  # a second knowledge base, WordNet-shaped: entities named by their aliases
+    senses.save_jsonl(data / "entities_wordnet.jsonl")
+    with open(data / "linking_wordnet_dev.jsonl", "w") as f:  # the first text's sense is the first listed, the second's is not
+        for i, (text, target, gold) in enumerate([("the crane lifted it", "crane", "wordnet:03126580-n"), ("cranes waded", "cranes", "wordnet:02012849-n")]):
+            f.write(LinkedText(id=f"w{i}", kb="wordnet", source=gold, text=text, target=target, mentions=[
+                Mention(start=0 if i else 4, end=len(target) + (0 if i else 4), entity_id=gold,
+                        candidates=["wordnet:03126580-n", "wordnet:02012849-n"])]).model_dump_json() + "\n")
     cfg = stage_config(data, root / "storage", "unused", "unused")
     trained_tiny.model.retrieval_threshold = 0.3  # as if the train stage had calibrated it
     try:
@@ -62,12 +71,18 @@ def stage_inputs(trained_tiny, tmp_path_factory):
     finally:
         trained_tiny.model.retrieval_threshold = None
     build_index(trained_tiny.model, trained_tiny.corpus).save(cfg.paths.index)
+    build_index(trained_tiny.model, senses).save(f"{cfg.paths.index}/{KNOWLEDGE_BASES_DIR}/wordnet")
     return data, root / "storage"
+
+
+WORD_SENSES = [Document(id="wordnet:03126580-n", title="crane (noun)", text="lifts heavy things", aliases=["crane", "cranes"]),
+               Document(id="wordnet:02012849-n", title="crane (noun)", text="a wading bird", aliases=["crane", "cranes"])]
 
 
 def stage_config(data_dir, root, tracking_uri: str, experiment: str, **evaluate) -> PipelineConfig:
     base = load_config("tiny").model_dump()
-    base["data"] = {"dir": str(data_dir), "dev": "dev.jsonl", "corpus": "corpus.jsonl", "linking_dev": "linking_dev.jsonl"}
+    base["data"] = {"dir": str(data_dir), "dev": "dev.jsonl", "corpus": "corpus.jsonl", "entities": {"wordnet": "entities_wordnet.jsonl"},
+                    "linking_dev": {"wikipedia": "linking_dev.jsonl", "wordnet": "linking_wordnet_dev.jsonl"}}
     base["storage"] = {"root": str(root)}
     base["mlflow"] = {"tracking_uri": tracking_uri, "experiment": experiment}
     base["evaluate"].update({"max_length": 256, "plain_lm_baseline": True, "linking_sample": 4, **evaluate})
@@ -141,6 +156,12 @@ def test_evaluate_logs_retrieval_answers_and_loss_into_the_training_run(trained_
     assert m["el_ours_end_to_end_gold"] == 8 and 0 <= m["el_ours_end_to_end_f1"] <= m["el_ours_detection_f1"] <= 1
     assert logged["el_ours_accuracy_unambiguous"] == 1.0
     assert re.search(r"OneGen \[EL\], whole base\s+nan\s+[01]\.\d{3}", table) and "string match + MiniLM" in table
+    # Word senses, from the entity index beside the corpus's: the target word alone is detected, and
+    # the first-listed sense is right for one text of two.
+    assert (m["el_wordnet_ours_mentions_ambiguous"], m["el_wordnet_texts_linked"]) == (2, 2)
+    assert m["el_wordnet_most_frequent_accuracy_ambiguous"] == 0.5 and 0 <= m["el_wordnet_ours_accuracy_ambiguous"] <= 1
+    assert m["el_wordnet_string_match_detection_f1"] == 1.0 and 0 <= m["el_wordnet_ours_end_to_end_f1"] <= 1
+    assert "held-out WordNet example sentences" in table and "string match + first-listed sense" in table
 
 
 @pytest.mark.timeout(180, func_only=True)  # the trained_tiny fixture trains first (~1 min)

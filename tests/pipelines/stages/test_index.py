@@ -8,10 +8,10 @@ import pytest
 from components.data.corpus import Corpus
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
-from components.retrieval.index import INDEX_FILE, DocumentIndex, build_index
+from components.retrieval.index import INDEX_FILE, DocumentIndex, build_index, knowledge_base_dirs
 from pipelines.config import PipelineConfig, load_config
 from pipelines.stages.index import build
-from tests.conftest import synthetic_retrieval
+from tests.conftest import crane_entities, synthetic_retrieval
 
 # Dev hops: gold pages d0-d3, hard negatives d10, d11 (and d1, itself gold elsewhere).
 DEV = [("q0", "d0", ["d10", "d1"]), ("q1", "d1", ["d11"]), ("q2", "d2", []), ("q3", "d3", ["d10"])]
@@ -33,7 +33,7 @@ def write_data(directory, corpus) -> None:
 
 def stage_config(data_dir: str, root: str, tracking_uri: str, experiment: str, **overrides) -> PipelineConfig:
     base = load_config("tiny").model_dump()
-    base["data"] = {"dir": data_dir, "dev": "dev.jsonl", "corpus": "corpus.jsonl"}
+    base["data"] = {"dir": data_dir, "dev": "dev.jsonl", "corpus": "corpus.jsonl", "entities": overrides.pop("entities", {})}
     base["storage"] = {"root": root, "s3_endpoint_url": overrides.pop("s3_endpoint_url", None)}
     base["mlflow"] = {"tracking_uri": tracking_uri, "experiment": experiment}
     base["index"].update(overrides)
@@ -95,10 +95,12 @@ def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
 
     corpus, _ = synthetic_retrieval()
     write_data(tmp_path / "data", corpus)
+    crane_entities().save_jsonl(tmp_path / "data" / "entities.jsonl")  # a second knowledge base
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)  # the AWS credential chain of the driver, as in a cluster
     bucket = f"s3://{s3_server.bucket}"
-    cfg = stage_config(f"{bucket}/in", f"{bucket}/runs", mlflow_server, "index-s3", s3_endpoint_url=s3_server.endpoint_url)
+    cfg = stage_config(f"{bucket}/in", f"{bucket}/runs", mlflow_server, "index-s3", s3_endpoint_url=s3_server.endpoint_url,
+                       entities={"cranes": "entities.jsonl"})
     storage.copy_dir(str(saved_model.save_pretrained(tmp_path / "model")), cfg.paths.model, s3_server.endpoint_url)
     storage.copy_dir(str(tmp_path / "data"), f"{bucket}/in", s3_server.endpoint_url)
 
@@ -106,14 +108,19 @@ def test_stage_reads_the_model_and_corpus_from_s3_and_writes_the_index_there(
 
     s3 = boto3.client("s3", **s3_server.boto3_kwargs())
     listed = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix="runs/indexes/tiny/")["Contents"]
-    keys = {o["Key"] for o in listed} - {"runs/indexes/tiny/"}  # less the directory marker
-    assert keys == {f"runs/indexes/tiny/{n}" for n in ("index.faiss", "documents.jsonl", "manifest.json")}
+    keys = {o["Key"] for o in listed if not o["Key"].endswith("/")}  # less the directory markers
+    files = ("index.faiss", "documents.jsonl", "manifest.json")
+    assert keys == {f"runs/indexes/tiny/{where}{n}" for where in ("", "knowledge_bases/cranes/") for n in files}
     storage.copy_dir(cfg.paths.index, str(tmp_path / "back"), s3_server.endpoint_url)
     loaded = DocumentIndex.load(tmp_path / "back", expected_fingerprint=saved_model.fingerprint())
     assert loaded.ntotal == report.documents == report.corpus_documents == 32  # the whole corpus, always
     assert loaded.corpus.ids == corpus.ids
     expected = build_index(saved_model, Corpus(loaded.corpus), batch_size=cfg.index.batch_size)
     np.testing.assert_allclose(stored_vectors(tmp_path / "back"), stored_vectors_of(expected, tmp_path), atol=1e-5)
+    # The entity index inside it: every entity, the same model's vectors, and the report counts it.
+    assert knowledge_base_dirs(tmp_path / "back") == {"cranes": tmp_path / "back" / "knowledge_bases" / "cranes"}
+    entities = DocumentIndex.load(tmp_path / "back" / "knowledge_bases" / "cranes", expected_fingerprint=saved_model.fingerprint())
+    assert entities.corpus.ids == crane_entities().ids and report.knowledge_bases == {"cranes": 4}
 
 
 def test_onegen_index_with_a_config_and_no_action_submits_the_stage(monkeypatch, capsys):
