@@ -10,6 +10,10 @@ a whole prompt, or a passage chunk), right-aligned in a [B, W] block: padding sl
 of attention now and forever after, and position ids count only real tokens, so each row computes
 exactly what it would alone.
 
+A row's next token is drawn from its logits after the request's logit_bias and OpenAI's
+frequency and presence penalties (over the answer's own tokens), then the retrieval rules; its
+log-probability, when asked for, is read off those same logits.
+
 In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
 only follow a surface form of the knowledge base (the written text must end with one), and the
 state at `[EL]` is matched to the nearest of the entities that form names; decoding simply goes on.

@@ -95,8 +95,9 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
         GenerationConfig(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=4),
         GenerationConfig(max_new_tokens=24),
         GenerationConfig(max_new_tokens=16),
+        GenerationConfig(max_new_tokens=24, frequency_penalty=1.0, presence_penalty=0.5, logprobs=True, top_logprobs=3),
     ]
-    chosen = [prompts[i] for i in (0, 1, 2, 3, 4, 5, 6, 10)]
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 7)]
     together = decoder.generate(chosen, configs)
     alone = [decoder.generate([p], c)[0] for p, c in zip(chosen, configs)]
     for a, b in zip(alone, together):
@@ -104,6 +105,10 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
         assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
         for ha, hb in zip(a.hops, b.hops):
             assert float(ha.vector @ hb.vector) >= 0.9999
+        assert (a.logprobs is None) == (b.logprobs is None)
+        for la, lb in zip(a.logprobs or [], b.logprobs or []):
+            assert (la.id, [c.id for c in la.top]) == (lb.id, [c.id for c in lb.top]) and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+    assert together[8].logprobs and len(together[8].logprobs[0].top) == 3
     # the batch really mixed schedules: different hop steps, rows ending at different lengths
     assert len({tuple(h.step for h in g.hops) for g in together}) >= 3
     assert len({len(g.stream) for g in together}) >= 4
