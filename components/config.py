@@ -3,12 +3,17 @@ presets (`pipelines/presets/`); nothing here reads the environment."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 # The float type of a forward: "auto" picks bf16 where the hardware is fast at it (components/model/precision.py).
 Precision = Literal["auto", "float32", "bfloat16"]
+
+
+# OpenAI's ranges for its sampling options, which the HTTP API passes straight through.
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+TopLogprobs = Annotated[int, Field(ge=0, le=20)]
 
 
 class FrozenConfig(BaseModel):
@@ -134,6 +139,15 @@ class GenerationConfig(FrozenConfig):
     stop: list[str] = Field([], description="end the answer before any of these strings")
     stop_token_ids: list[int] = Field([], description="end the answer on these tokens (besides EOS), the token included")
     logit_bias: dict[int, float] = Field({}, description="token id → added to its logit (as in the OpenAI API)")
+    # OpenAI's penalties: logit − frequency_penalty × count − presence_penalty × (count > 0), where
+    # count is how often this answer has sampled the token (prompt and passages do not count).
+    frequency_penalty: Penalty = Field(0.0, description="subtracted from a token's logit once for each time the answer has sampled it")
+    presence_penalty: Penalty = Field(0.0, description="subtracted from the logit of every token the answer has sampled already")
+    logprobs: bool = Field(
+        False, description="report each answer token's log-probability: the log-softmax of the logits it was drawn from, "
+                           "logit_bias and penalties applied, temperature and top_p not (as OpenAI reports them)"
+    )
+    top_logprobs: TopLogprobs = Field(0, description="with logprobs: also this many likeliest tokens at each position")
     retrieval: bool = Field(True, description="off: plain decoding, [RQ] is a token like any other")
     mode: Literal["rag", "link"] = Field(
         "rag", description="rag: [RQ] retrieves and inserts passages; link: entity linking, each mention then [EL]"

@@ -10,6 +10,10 @@ a whole prompt, or a passage chunk), right-aligned in a [B, W] block: padding sl
 of attention now and forever after, and position ids count only real tokens, so each row computes
 exactly what it would alone.
 
+A row's next token is drawn from its logits after the request's logit_bias and OpenAI's
+frequency and presence penalties (over the answer's own tokens), then the retrieval rules; its
+log-probability, when asked for, is read off those same logits.
+
 In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
 only follow a surface form of the knowledge base (the written text must end with one), and the
 state at `[EL]` is matched to the nearest of the entities that form names; decoding simply goes on.
@@ -17,6 +21,7 @@ state at `[EL]` is matched to the nearest of the entities that form names; decod
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from components import tokens as st
 from components.config import GenerationConfig
@@ -94,6 +100,24 @@ class Link:
 
 
 @dataclass
+class TokenChoice:
+    """A token and its log-probability at one position of the answer."""
+
+    id: int
+    text: str  # the token's own text
+    bytes: list[int]  # its bytes: a token may hold part of a character, which its text cannot show
+    logprob: float
+
+
+@dataclass
+class TokenLogprob(TokenChoice):
+    """A sampled token of the answer text: where its text starts, and the likeliest tokens there."""
+
+    offset: int = 0  # in the answer's text
+    top: list[TokenChoice] = field(default_factory=list)  # likeliest first
+
+
+@dataclass
 class Generation:
     text: str  # the answer as a user reads it: no retrieval tokens, no passages
     generated: list[int]  # token ids the model sampled
@@ -103,6 +127,9 @@ class Generation:
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     timings: dict[str, float]  # prefill_s, decode_s, search_s, total_s (wall time of shared steps)
+    # With cfg.logprobs: one per sampled token that is part of `text` (special tokens such as [RQ]
+    # and EOS show no text, a stop string and what follows it are cut), in order.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -112,6 +139,7 @@ class Event:
     row: int
     kind: Literal["text", "hop", "link", "done"]
     text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # "text": those of the tokens it adds
     hop: Hop | None = None
     link: Link | None = None
     generation: Generation | None = None
@@ -139,6 +167,8 @@ class _Row:
     prefix_offset: int = 0  # incremental detokenisation: tokens before read_offset whose text is
     read_offset: int = 0  # known, and where new text starts (the method vLLM uses)
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with cfg.logprobs, every text token's
+    logprobs_sent: int = 0  # how many of them text events carried
     generator: torch.Generator | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"prefill_s": 0.0, "decode_s": 0.0, "search_s": 0.0})
     started: float = field(default_factory=time.perf_counter)
@@ -173,7 +203,10 @@ class InStreamDecoder:
         self.entity_id = enc.special[st.ENTITY]
         self.system_ids = [enc.special[t] for t in (st.PARAGRAPH_OPEN, st.PARAGRAPH_CLOSE, st.DOCUMENT)]
         self.stop_ids = enc.eos_ids
+        self.textless_ids = set(model.tokenizer.all_special_ids)  # skipped in the text: no logprobs
+        self.vocab_size = model.hf.get_output_embeddings().weight.shape[0]  # valid token ids: below this
         self.max_context = getattr(model.hf.config.get_text_config(), "max_position_embeddings", None)
+        self.token_bytes = TokenBytes(model.tokenizer)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -315,31 +348,64 @@ class InStreamDecoder:
         return row.cfg.retrieval and row.cfg.mode == "rag" and len(row.hops) < row.cfg.max_retrievals
 
     def _sample(self, row: _Row, logits: torch.Tensor) -> int:
+        """The row's next token, drawn from its logits as the request's options and the decoder's
+        rules leave them; its log-probability is taken from those same logits."""
+        logits = self._adjusted(row, logits)
+        token = None
+        if row.cfg.retrieval:
+            token, logits = self._ruled(row, logits)
+        if token is None:
+            token = self._draw(row, logits)
+        if row.cfg.logprobs and token not in self.textless_ids:
+            row.logprobs.append(self._logprob(row, token, logits))
+        return token
+
+    def _adjusted(self, row: _Row, logits: torch.Tensor) -> torch.Tensor:
+        """The request's own changes: logit_bias, then OpenAI's frequency and presence penalties."""
         cfg = row.cfg
-        if cfg.logit_bias or cfg.retrieval:
-            logits = logits.clone()  # one copy, edited in place below
+        penalised = bool(cfg.frequency_penalty or cfg.presence_penalty) and bool(row.generated)
+        if not (cfg.logit_bias or cfg.retrieval or penalised):
+            return logits
+        logits = logits.clone()  # one copy, edited in place here and by the retrieval rules
         for tid, bias in cfg.logit_bias.items():
             logits[tid] += bias
-        if cfg.retrieval:  # the system inserts these; the model never writes them
-            logits[self.system_ids] = float("-inf")
-            if cfg.mode == "rag" and not self._retrieving(row):
-                logits[self.query_id] = float("-inf")
-            if cfg.mode == "link":
-                logits[self.query_id] = float("-inf")
-            row.ending = self._mention_ending(row)
-            following = self._following(row) if cfg.copy_tokens and self._linking(row) else None
-            if following is not None and continues_word(self.model.tokenizer.decode([following])):
-                row.ending = None  # inside a word ("crane" of "cranes") no [EL] may go
-            if row.ending is None:  # [EL] only right after a surface form it can link
-                logits[self.entity_id] = float("-inf")
-            elif self._over_threshold(logits, self.entity_id, cfg.link_threshold):  # on the whole vocabulary, as calibrated
-                return self.entity_id
-            if following is not None:  # a linked copy: the text's next token, or [EL]
-                allowed = torch.full_like(logits, float("-inf"))
-                allowed[[following, self.entity_id]] = logits[[following, self.entity_id]]
-                logits = allowed
-            if self._wants_retrieval(row, logits):
-                return self.query_id
+        if penalised:
+            # [RQ] and [EL] are the decoder's decisions, bounded by their own budgets and thresholds:
+            # counting them would let a text option change when the answer retrieves or links.
+            written = [t for t in row.generated if t not in (self.query_id, self.entity_id)]
+            if written:
+                ids, counts = torch.tensor(written, device=logits.device).unique(return_counts=True)
+                logits[ids] -= cfg.frequency_penalty * counts.to(logits.dtype) + cfg.presence_penalty
+        return logits
+
+    def _ruled(self, row: _Row, logits: torch.Tensor) -> tuple[int | None, torch.Tensor]:
+        """Retrieval and linking rules on `logits` (edited in place): a token they decide on, if
+        any, and the logits left to draw from."""
+        cfg = row.cfg
+        logits[self.system_ids] = float("-inf")  # the system inserts these; the model never writes them
+        if cfg.mode == "rag" and not self._retrieving(row):
+            logits[self.query_id] = float("-inf")
+        if cfg.mode == "link":
+            logits[self.query_id] = float("-inf")
+        row.ending = self._mention_ending(row)
+        following = self._following(row) if cfg.copy_tokens and self._linking(row) else None
+        if following is not None and continues_word(self.model.tokenizer.decode([following])):
+            row.ending = None  # inside a word ("crane" of "cranes") no [EL] may go
+        if row.ending is None:  # [EL] only right after a surface form it can link
+            logits[self.entity_id] = float("-inf")
+        elif self._over_threshold(logits, self.entity_id, cfg.link_threshold):  # on the whole vocabulary, as calibrated
+            return self.entity_id, logits
+        if following is not None:  # a linked copy: the text's next token, or [EL]
+            allowed = torch.full_like(logits, float("-inf"))
+            allowed[[following, self.entity_id]] = logits[[following, self.entity_id]]
+            logits = allowed
+        if self._wants_retrieval(row, logits):
+            return self.query_id, logits
+        return None, logits
+
+    @staticmethod
+    def _draw(row: _Row, logits: torch.Tensor) -> int:
+        cfg = row.cfg
         if cfg.temperature == 0:
             return int(logits.argmax())
         probs = F.softmax(logits / cfg.temperature, dim=-1)
@@ -349,6 +415,24 @@ class InStreamDecoder:
             sorted_probs[cut] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _logprob(self, row: _Row, token: int, logits: torch.Tensor) -> TokenLogprob:
+        """`token`'s log-probability under `logits`, and the `top_logprobs` likeliest (temperature
+        and top_p left out, as OpenAI reports them: greedy decoding has no distribution otherwise)."""
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        top = []
+        if row.cfg.top_logprobs:
+            values, ids = logprobs.topk(row.cfg.top_logprobs)
+            # a token the rules forbid (-inf) is no alternative, and JSON has no infinity
+            top = [self._choice(i, v) for v, i in zip(values.tolist(), ids.tolist()) if math.isfinite(v)]
+        chosen = self._choice(token, float(logprobs[token]))
+        # the token's text starts where the text decoded so far ends (a character split over
+        # tokens: each of them starts there)
+        return TokenLogprob(chosen.id, chosen.text, chosen.bytes, chosen.logprob, offset=len(row.text), top=top)
+
+    def _choice(self, token: int, logprob: float) -> TokenChoice:
+        raw = self.token_bytes(token)
+        return TokenChoice(token, raw.decode("utf-8", errors="replace"), list(raw), logprob)
 
     def _wants_retrieval(self, row: _Row, logits: torch.Tensor) -> bool:
         """The threshold policy (Self-RAG's): retrieve whenever the model gives [RQ] more than
@@ -387,13 +471,19 @@ class InStreamDecoder:
             row.finish_reason = "length"
         if row.finish_reason:
             row.text = self._final_text(row)
-            safe = row.text
-        else:  # hold back what may still change: the start of a stop string
-            safe = _hold_back(row.text, row.cfg.stop)
-        if safe.startswith(row.emitted) and len(safe) > len(row.emitted):
-            delta, row.emitted = safe[len(row.emitted) :], safe
-            return [Event(row.index, "text", text=delta)]
-        return []
+            return self._emit(row, row.text)
+        return self._emit(row, _hold_back(row.text, row.cfg.stop))  # what may still change waits: a stop string's start
+
+    def _emit(self, row: _Row, safe: str) -> list[Event]:
+        """A text event for what `safe` adds to the text streamed so far, with the logprobs of the
+        tokens whose text starts in it (so that a stream carries exactly the unstreamed answer's)."""
+        if not (safe.startswith(row.emitted) and len(safe) > len(row.emitted)):
+            return []
+        delta, row.emitted = safe[len(row.emitted) :], safe
+        start = row.logprobs_sent
+        while row.logprobs_sent < len(row.logprobs) and row.logprobs[row.logprobs_sent].offset < len(safe):
+            row.logprobs_sent += 1
+        return [Event(row.index, "text", text=delta, logprobs=row.logprobs[start : row.logprobs_sent])]
 
     def _new_text(self, row: _Row) -> str:
         """Text the newest token completes, decoding a short window instead of the whole answer
@@ -425,7 +515,7 @@ class InStreamDecoder:
             seconds = time.perf_counter() - started
             for (_, row), hits, vector in zip(group, results, vectors):
                 row.timings["search_s"] += seconds
-                events.append(self._insert(row, hits, seconds, vector) if mode == "rag" else self._link(row, hits))
+                events += self._insert(row, hits, seconds, vector) if mode == "rag" else [self._link(row, hits)]
         return events
 
     def _query_vectors(self, group: list[tuple[int, _Row]], hidden: torch.Tensor) -> np.ndarray:
@@ -439,7 +529,7 @@ class InStreamDecoder:
         start = row.hops[-1].step + 1 if row.hops else 0
         return self.model.tokenizer.decode(row.generated[start:], skip_special_tokens=True).strip()
 
-    def _insert(self, row: _Row, hits: list, seconds: float, vector: np.ndarray) -> Event:
+    def _insert(self, row: _Row, hits: list, seconds: float, vector: np.ndarray) -> list[Event]:
         fresh = [h for h in hits if h.doc_id not in row.inserted][: row.cfg.top_k]
         chunk = [t for h in fresh for t in self.model.formatter.passage(h.document)]
         row.inserted.update(h.doc_id for h in fresh)
@@ -447,9 +537,10 @@ class InStreamDecoder:
         row.hops.append(hop)
         row.pending = chunk
         row.stream += chunk
-        if not self._fits(row):  # no room for the passage: the answer ends here
+        if not self._fits(row):  # no room for the passage: the answer ends here, text held back included
             row.finish_reason, row.text = "length", self._final_text(row)
-        return Event(row.index, "hop", hop=hop)
+            return [Event(row.index, "hop", hop=hop), *self._emit(row, row.text)]
+        return [Event(row.index, "hop", hop=hop)]
 
     def _link(self, row: _Row, hits: list) -> Event:
         span, _, step = row.linking
@@ -493,7 +584,25 @@ class InStreamDecoder:
             finish_reason=row.finish_reason,
             prompt_tokens=row.prompt_tokens,
             timings=dict(row.timings, total_s=time.perf_counter() - row.started),
+            logprobs=[e for e in row.logprobs if e.offset < len(row.text)] if row.cfg.logprobs else None,
         )
+
+
+class TokenBytes:
+    """A token's own bytes. Byte-level BPE vocabularies (GPT-2's, SmolLM2's) spell each byte as one
+    printable character, so a token that holds part of a character still has exact bytes; any
+    other tokenizer: the token decoded alone."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_of = {c: b for b, c in bytes_to_unicode().items()} if type(decoder).__name__ == "ByteLevel" else None
+
+    def __call__(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if self.byte_of is not None and all(c in self.byte_of for c in piece):
+            return bytes(self.byte_of[c] for c in piece)
+        return self.tokenizer.decode([token]).encode()
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int:

@@ -3,8 +3,9 @@ mid-generation — in-process (`--model DIR --index DIR`, no server needed) or f
 server (`--endpoint http://127.0.0.1:8000`, through the official `openai` client, streaming).
 
 The generation flags are GenerationConfig's fields. A server takes max_new_tokens, temperature,
-top_p, seed, stop, retrieval, top_k and max_retrievals (the OpenAI API and its `retrieval`
-extension); stop_token_ids, logit_bias and mode apply in-process only.
+top_p, seed, stop, the penalties, logit_bias, retrieval, top_k and max_retrievals (the OpenAI API
+and its `retrieval` extension); stop_token_ids and mode apply in-process only; logprobs are not
+printed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class Ask(Command, GenerationConfig):
             stream = client.chat.completions.create(
                 model=served, messages=[{"role": "user", "content": self.question}], stream=True,
                 max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                stop=self.stop or None,
+                stop=self.stop or None, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                logit_bias={str(k): v for k, v in self.logit_bias.items()} or None,
                 extra_body={"retrieval": {"enabled": self.retrieval, "top_k": self.top_k, "max_retrievals": self.max_retrievals}},
             )  # fmt: skip
             answer, hops = "", []

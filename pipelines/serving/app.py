@@ -104,7 +104,10 @@ async def _invalid(request: Request, err: RequestValidationError):
     if first.get("type") == "json_invalid":
         return api.ApiError(400, f"invalid JSON in the request body: {first.get('msg')}").response()
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    return api.ApiError(400, f"{param or 'body'}: {first.get('msg')}", param=param).response()
+    message = first.get("msg")
+    if first.get("type") == "extra_forbidden":
+        message = f"this server does not support this field ({message})"
+    return api.ApiError(400, f"{param or 'body'}: {message}", param=param).response()
 
 
 # Helpers come before the deployment class: `serve.ingress` snapshots the app (and what its
@@ -117,63 +120,90 @@ def _default_name(args: ServeArgs) -> str:
     return Path(args.model_dir).name
 
 
-def _completion(event: Event, kind: str, model: str) -> dict:
-    g = event.generation
-    choice = {"index": 0, "finish_reason": g.finish_reason}
-    if kind == "chat.completion":
-        choice["message"] = {"role": "assistant", "content": g.text}
-    else:
-        choice["text"] = g.text
-    return {"id": api.new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), "object": kind, "created": api.now(),
-            "model": model, "choices": [choice], "usage": api.usage(g.prompt_tokens, len(g.generated)),
-            "retrieval": [api.hop_json(i, h) for i, h in enumerate(g.hops, 1)]}  # fmt: skip
+def _completion(done: list[Event], body, model: str) -> dict:
+    """The whole answer: one choice per decoded row, usage summed over them as OpenAI does."""
+    chat = isinstance(body, api.ChatCompletionRequest)
+    choices = []
+    for i, event in enumerate(done):
+        g = event.generation
+        choice = {"index": i, "finish_reason": g.finish_reason, "logprobs": _logprobs(g.logprobs, chat)}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": g.text}
+        else:
+            choice["text"] = g.text
+        if len(done) > 1:
+            choice["retrieval"] = _trace(g)
+        choices.append(choice)
+    g = done[0].generation  # the top-level trace is the first choice's; with n > 1 each choice has its own too
+    return {"id": api.new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
+            "created": api.now(), "model": model, "choices": choices,
+            "usage": api.usage(g.prompt_tokens, sum(len(e.generation.generated) for e in done)),
+            "retrieval": _trace(g)}  # fmt: skip
 
 
-async def _done(events: asyncio.Queue) -> Event:
-    """The request's "done" event; the exception instead if decoding failed."""
-    while True:
-        event = await events.get()
+def _trace(g) -> list[dict]:
+    return [api.hop_json(i, h) for i, h in enumerate(g.hops, 1)]
+
+
+def _logprobs(entries, chat: bool) -> dict | None:
+    if entries is None:  # not asked for
+        return None
+    return api.chat_logprobs(entries) if chat else api.completion_logprobs(entries)
+
+
+async def _done(events: asyncio.Queue, n: int = 1) -> list[Event]:
+    """The "done" event of each of the request's n rows, in choice order; the exception instead if
+    decoding failed."""
+    done: list[Event | None] = [None] * n
+    while not all(done):
+        choice, event = await events.get()
         if isinstance(event, BaseException):
             raise event
         if event.kind == "done":
-            return event
+            done[choice] = event
+    return done  # type: ignore[return-value]
 
 
-async def _sse(events: asyncio.Queue, kind: str, model: str, prompt_tokens: int, options):
-    """Server-sent events: text deltas, one chunk per retrieval (its `retrieval` field), the end."""
+async def _sse(events: asyncio.Queue, body, model: str, prompt_tokens: int):
+    """Server-sent events: text deltas (with their tokens' logprobs when asked for), one chunk per
+    retrieval (its `retrieval` field), each choice's end; the usage last when asked for."""
     import json
 
-    chat = kind == "chat.completion"
+    chat = isinstance(body, api.ChatCompletionRequest)
+    wants_logprobs = body.logprob_options[0]
     base = {"id": api.new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat else "text_completion",
             "created": api.now(), "model": model}  # fmt: skip
 
-    def chunk(delta: str | None = None, finish: str | None = None, **extra) -> str:
-        choice = {"index": 0, "finish_reason": finish}
+    def chunk(index: int, delta: str | None = None, finish: str | None = None, logprobs=None, **extra) -> str:
+        choice = {"index": index, "finish_reason": finish}
         if chat:
             choice["delta"] = {"content": delta} if delta is not None else {}
         else:
             choice["text"] = delta or ""
+        if wants_logprobs:
+            choice["logprobs"] = _logprobs(logprobs, chat)
         return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
 
     if chat:
-        yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant'}, 'finish_reason': None}]})}\n\n"
-    hops = 0
-    while True:
-        event = await events.get()
+        for index in range(body.n):
+            yield f"data: {json.dumps({**base, 'choices': [{'index': index, 'delta': {'role': 'assistant'}, 'finish_reason': None}]})}\n\n"
+    hops, completion_tokens, open_choices = [0] * body.n, 0, body.n
+    while open_choices:
+        index, event = await events.get()
         if isinstance(event, BaseException):  # the answer cannot finish: say so in the stream
             yield f"data: {json.dumps({'error': {'message': f'generation failed: {event}', 'type': 'server_error'}})}\n\n"
             break
         if event.kind == "text":
-            yield chunk(event.text)
+            yield chunk(index, event.text, logprobs=event.logprobs)
         elif event.kind == "hop":
-            hops += 1
-            yield chunk(retrieval=api.hop_json(hops, event.hop))
+            hops[index] += 1
+            yield chunk(index, retrieval=api.hop_json(hops[index], event.hop))
         elif event.kind == "done":
-            g = event.generation
-            yield chunk(finish=g.finish_reason)
-            if options is not None and options.include_usage:
-                yield f"data: {json.dumps({**base, 'choices': [], 'usage': api.usage(prompt_tokens, len(g.generated))})}\n\n"
-            break
+            open_choices -= 1
+            completion_tokens += len(event.generation.generated)
+            yield chunk(index, finish=event.generation.finish_reason)
+    if not open_choices and body.stream_options is not None and body.stream_options.include_usage:
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': api.usage(prompt_tokens, completion_tokens)})}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -272,12 +302,12 @@ class OneGenServer:
     async def chat_completions(self, body: api.ChatCompletionRequest):
         model = self.current.model
         prompt = model.formatter.prompt([m.model_dump() for m in body.messages])
-        return await self._generate(body, prompt, chat=True)
+        return await self._generate(body, prompt)
 
     @app.post("/v1/completions")
     async def completions(self, body: api.CompletionRequest):
         prompt = self.current.model.formatter.text(body.prompt)
-        return await self._generate(body, prompt, chat=False)
+        return await self._generate(body, prompt)
 
     @app.post("/v1/embeddings")
     def embeddings(self, body: api.EmbeddingRequest) -> dict:
@@ -314,40 +344,58 @@ class OneGenServer:
         max_tokens = body.max_tokens or min(copy_budget(current.model.formatter, body.text), self.args.max_tokens_limit)
         self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
         config = GenerationConfig(max_new_tokens=max_tokens, link_threshold=current.model.link_threshold)
-        events = self._submit(prompt, link_config(config, body.kb, current.model.formatter, body.text, body.target))
-        g = (await _done(events)).generation
+        events = self._submit(prompt, [link_config(config, body.kb, current.model.formatter, body.text, body.target)])
+        g = (await _done(events))[0].generation
         return {"model": self.served_name, "kb": body.kb, "text": body.text,
                 "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip
 
     # -- generation ----------------------------------------------------------------------------
 
-    async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int], chat: bool):
+    async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int]):
         self._check_model(body.model)
-        events = self._submit(prompt, self._config(body, len(prompt)))
-        kind = "chat.completion" if chat else "text_completion"
+        events = self._submit(prompt, self._configs(body, len(prompt)))
         if body.stream:
-            stream = _sse(events, kind, self.served_name, len(prompt), body.stream_options)
-            return StreamingResponse(stream, media_type="text/event-stream")
-        return _completion(await _done(events), kind, self.served_name)
+            return StreamingResponse(_sse(events, body, self.served_name, len(prompt)), media_type="text/event-stream")
+        return _completion(await _done(events, body.n), body, self.served_name)
 
-    def _submit(self, prompt: list[int], config: GenerationConfig) -> asyncio.Queue:
-        """Queue a request on the batcher; its events (or the exception that ended it) arrive on the queue."""
+    def _submit(self, prompt: list[int], configs: list[GenerationConfig]) -> asyncio.Queue:
+        """Queue one row per config (a choice) on the batcher: submitted together, they share a
+        batch. Each row's events (or the exception that ended it) arrive as (choice, event)."""
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.batcher.submit(prompt, config, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        for choice, config in enumerate(configs):
+            self.batcher.submit(prompt, config, lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e)))
         return events
 
-    def _config(self, body, prompt_tokens: int) -> GenerationConfig:
+    def _configs(self, body, prompt_tokens: int) -> list[GenerationConfig]:
+        """One config per choice; with a seed, choice i samples with seed + i (n equal answers would be no choice)."""
         max_tokens = body.max_completion_tokens or body.max_tokens or self.args.max_tokens_limit
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         self._check_budget(max_tokens, param, prompt_tokens, "messages" if hasattr(body, "messages") else "prompt")
+        if body.n > self.args.max_batch:
+            raise api.ApiError(400, f"n is {body.n}; this server decodes at most {self.args.max_batch} choices together", param="n")
         r = body.retrieval
         threshold = {"calibrated": self.current.model.retrieval_threshold, "argmax": None}.get(r.threshold, r.threshold)
-        return GenerationConfig(
+        logprobs, top_logprobs = body.logprob_options
+        config = GenerationConfig(
             max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
             stop=body.stops, retrieval=r.enabled, top_k=r.top_k, max_retrievals=r.max_retrievals,
-            retrieval_threshold=threshold,
+            retrieval_threshold=threshold, presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            logit_bias=self._logit_bias(body.logit_bias), logprobs=logprobs, top_logprobs=top_logprobs,
         )
+        if body.seed is None:
+            return [config] * body.n
+        return [config.model_copy(update={"seed": body.seed + i}) for i in range(body.n)]
+
+    def _logit_bias(self, bias: dict[str, float]) -> dict[int, float]:
+        """The request's logit_bias by token id; a key that is no token of the model is a 400
+        here, not an IndexError that would end the whole decode batch."""
+        vocab = self.current.decoder.vocab_size
+        for key in bias:
+            if not (key.isascii() and key.isdigit() and int(key) < vocab):
+                raise api.ApiError(400, f"logit_bias: {key!r} is not a token id of this model (an integer from 0 to {vocab - 1})",
+                                   param="logit_bias")  # fmt: skip
+        return {int(k): v for k, v in bias.items()}
 
     def _check_budget(self, max_tokens: int, param: str, prompt_tokens: int, prompt_param: str) -> None:
         """A 400 naming the field when the answer may not fit the server's limit or the model's context."""

@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from components.config import GenerationConfig
-from components.generation.decoder import Hop
+from components.config import GenerationConfig, Penalty, TopLogprobs
+from components.generation.decoder import Hop, TokenChoice, TokenLogprob
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
@@ -37,7 +37,13 @@ class ApiError(Exception):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not silently ignored
+    model_config = ConfigDict(extra="forbid")  # a mistyped or unsupported field is an error, not silently ignored
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """OpenAI's spec makes its optional fields nullable, and clients send null for "the default"."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 def _default(name: str):
@@ -67,8 +73,12 @@ class _Generation(_Request):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1  # one choice per request
-    user: str | None = None
+    presence_penalty: Penalty = _default("presence_penalty")
+    frequency_penalty: Penalty = _default("frequency_penalty")
+    # Token id (a string in JSON) → bias; the ids are checked against the served model's vocabulary.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] = {}
+    n: int = Field(1, ge=1)  # choices: rows of one decode batch, at most the server's max_batch
+    user: str | None = None  # accepted, unused
     retrieval: RetrievalOptions = RetrievalOptions()
 
     @property
@@ -83,10 +93,28 @@ class ChatMessage(_Request):
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = _default("logprobs")
+    top_logprobs: TopLogprobs | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int, info: ValidationInfo) -> int:
+        if not info.data.get("logprobs"):  # as OpenAI: asking for alternatives alone is a mistake
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @property
+    def logprob_options(self) -> tuple[bool, int]:
+        return self.logprobs, self.top_logprobs or 0
 
 
 class CompletionRequest(_Generation):
     prompt: NonEmpty
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's: likeliest tokens per position
+
+    @property
+    def logprob_options(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
 
 class EmbeddingRequest(_Request):
@@ -145,6 +173,23 @@ def new_id(prefix: str) -> str:
 
 def hop_json(number: int, hop: Hop) -> dict[str, Any]:
     return {"hop": number, "step": hop.step, "doc_ids": hop.doc_ids, "titles": hop.titles, "scores": hop.scores}
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """A choice's `logprobs` in the chat API's shape."""
+    return {"content": [{**_token_json(e), "top_logprobs": [_token_json(c) for c in e.top]} for e in entries], "refusal": None}
+
+
+def _token_json(choice: TokenChoice) -> dict[str, Any]:
+    return {"token": choice.text, "logprob": choice.logprob, "bytes": choice.bytes}
+
+
+def completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """A choice's `logprobs` in the legacy completions API's shape: the top tokens at each position
+    with the sampled one among them (OpenAI always reports it), offsets in the completion's text."""
+    return {"tokens": [e.text for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{c.text: c.logprob for c in [*e.top, e]} for e in entries],
+            "text_offset": [e.offset for e in entries]}  # fmt: skip
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

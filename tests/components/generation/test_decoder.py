@@ -95,8 +95,9 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
         GenerationConfig(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=4),
         GenerationConfig(max_new_tokens=24),
         GenerationConfig(max_new_tokens=16),
+        GenerationConfig(max_new_tokens=24, frequency_penalty=1.0, presence_penalty=0.5, logprobs=True, top_logprobs=3),
     ]
-    chosen = [prompts[i] for i in (0, 1, 2, 3, 4, 5, 6, 10)]
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 7)]
     together = decoder.generate(chosen, configs)
     alone = [decoder.generate([p], c)[0] for p, c in zip(chosen, configs)]
     for a, b in zip(alone, together):
@@ -104,6 +105,10 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
         assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
         for ha, hb in zip(a.hops, b.hops):
             assert float(ha.vector @ hb.vector) >= 0.9999
+        assert (a.logprobs is None) == (b.logprobs is None)
+        for la, lb in zip(a.logprobs or [], b.logprobs or []):
+            assert (la.id, [c.id for c in la.top]) == (lb.id, [c.id for c in lb.top]) and la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+    assert together[8].logprobs and len(together[8].logprobs[0].top) == 3
     # the batch really mixed schedules: different hop steps, rows ending at different lengths
     assert len({tuple(h.step for h in g.hops) for g in together}) >= 3
     assert len({len(g.stream) for g in together}) >= 4
@@ -267,3 +272,75 @@ def test_compacting_the_cache_changes_nothing_but_its_width(trained, monkeypatch
             assert float(ha.vector @ hb.vector) >= 0.9999
     longest = max(len(p) + len(g.stream) for p, g in zip(chosen, always))
     assert always_width <= longest < never_width  # no slot wasted beyond the longest row
+
+
+def reference_logits(model: OneGenModel, prompt: list[int], generated: list[int]) -> torch.Tensor:
+    """The model's next-token logits after the prompt and each generated prefix, from one plain HF
+    forward without a cache: an independent account of what the decoder drew from."""
+    with torch.no_grad():
+        logits = model.hf(torch.tensor([prompt + generated])).logits[0].float()
+    return logits[len(prompt) - 1 : len(prompt) + len(generated) - 1]
+
+
+def test_penalties_subtract_openai_s_amounts_from_the_answer_s_own_tokens(random_setup):
+    model, index, prompts = random_setup
+    decoder = InStreamDecoder(model, index)
+    plain = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=16, retrieval=False))[0].generated
+    assert len(set(plain)) < len(plain)  # this random model repeats itself when greedy ...
+    config = GenerationConfig(max_new_tokens=16, retrieval=False, frequency_penalty=0.7, presence_penalty=0.4)
+    penalised = decoder.generate([prompts[0]], config)[0].generated
+    assert penalised != plain  # ... and the penalties change the answer
+    # Greedy with OpenAI's formula, recomputed step by step: logit − 0.7 × count − 0.4 × (count > 0),
+    # count over the answer's tokens only (the prompt's do not count).
+    expected: list[int] = []
+    for _ in range(16):
+        logits = reference_logits(model, prompts[0], expected + [0])[-1]
+        for token in set(expected):
+            logits[token] -= 0.7 * expected.count(token) + 0.4
+        expected.append(int(logits.argmax()))
+    assert penalised == expected
+
+
+def test_greedy_logprobs_are_the_log_softmax_of_the_model_s_logits(random_setup):
+    model, index, prompts = random_setup
+    config = GenerationConfig(max_new_tokens=12, retrieval=False, logprobs=True, top_logprobs=5)
+    out = InStreamDecoder(model, index).generate([prompts[1]], config)[0]
+    reference = torch.log_softmax(reference_logits(model, prompts[1], out.generated), dim=-1)
+    assert [e.id for e in out.logprobs] == out.generated  # no EOS in 12 tokens: every token shows text
+    for entry, expected in zip(out.logprobs, reference):
+        assert entry.logprob == pytest.approx(float(expected[entry.id]), abs=1e-4)
+        assert entry.logprob == pytest.approx(float(expected.max()), abs=1e-4)  # greedy: the likeliest
+        values, ids = expected.topk(5)
+        assert [c.id for c in entry.top] == ids.tolist()
+        assert [c.logprob for c in entry.top] == pytest.approx(values.tolist(), abs=1e-4)
+        assert [c.logprob for c in entry.top] == sorted((c.logprob for c in entry.top), reverse=True)
+    # the tokens' bytes spell the text, each token's text starting at its offset
+    assert bytes(b for e in out.logprobs for b in e.bytes).decode() == out.text
+    assert all(out.text[e.offset :].startswith(e.text) for e in out.logprobs if "\ufffd" not in e.text)
+
+
+def test_logprobs_are_of_the_biased_distribution_the_token_was_drawn_from(random_setup):
+    model, index, prompts = random_setup
+    target = model.tokenizer.encode(" horse", add_special_tokens=False)[0]
+    config = GenerationConfig(max_new_tokens=3, retrieval=False, logprobs=True, top_logprobs=2, logit_bias={target: 30.0})
+    out = InStreamDecoder(model, index).generate([prompts[0]], config)[0]
+    assert out.generated == [target] * 3
+    assert all(e.logprob > -1e-3 and e.top[0].id == target and len(e.top) == 2 for e in out.logprobs)
+
+
+def test_streamed_logprobs_are_the_answer_s_and_passages_carry_none(trained):
+    tt, index, prompts = trained
+    decoder = InStreamDecoder(tt.model, index)
+    config = GenerationConfig(max_new_tokens=24, logprobs=True, top_logprobs=1)
+    whole = decoder.generate([prompts[0]], config)[0]
+    assert len(whole.hops) == 1 and whole.finish_reason == "stop"
+    # one entry per sampled token that shows text: not [RQ], not EOS, nothing of the passage
+    specials = set(tt.model.tokenizer.all_special_ids)
+    assert [e.id for e in whole.logprobs] == [t for t in whole.generated if t not in specials]
+    stop = "is called"  # the stream ends before it; so do its logprobs
+    events = list(decoder.stream([prompts[0]], config.model_copy(update={"stop": [stop]})))
+    done = events[-1].generation
+    streamed = [e for event in events if event.kind == "text" for e in event.logprobs]
+    assert streamed == done.logprobs and done.logprobs == whole.logprobs[: len(done.logprobs)]
+    assert "".join(e.text for e in streamed).startswith(done.text) and stop not in "".join(e.text for e in streamed)
+    assert all(e.offset < len(done.text) for e in streamed)

@@ -78,8 +78,11 @@ def in_process(trained_tiny):
 
     decoder = InStreamDecoder(trained_tiny.model, build_index(trained_tiny.model, trained_tiny.corpus))
 
-    def answer(messages: list[dict]):
-        return decoder.generate([trained_tiny.model.formatter.prompt(messages)], GenerationConfig(max_new_tokens=24))[0]
+    def answer(messages: list[dict] | str, **options):
+        """A chat's answer, or a plain prompt's completion."""
+        f = trained_tiny.model.formatter
+        prompt = f.text(messages) if isinstance(messages, str) else f.prompt(messages)
+        return decoder.generate([prompt], GenerationConfig(**{"max_new_tokens": 24, **options}))[0]
 
     return answer
 
@@ -118,6 +121,69 @@ def test_the_request_chooses_when_to_retrieve(client):
     bad = client.chat.completions.with_raw_response
     with pytest.raises(openai.BadRequestError, match="threshold"):
         bad.create(model=NAME, messages=ask("green cat"), extra_body={"retrieval": {"threshold": 1.5}})
+
+
+@pytest.mark.timeout(120)
+def test_chat_logprobs_are_the_decoder_s_and_stream_alike(client, in_process):
+    asked = dict(model=NAME, messages=ask("green cat"), max_tokens=24, temperature=0, logprobs=True, top_logprobs=2, user="alice")
+    out = client.chat.completions.create(**asked)
+    content = out.choices[0].logprobs.content
+    expected = in_process(ask("green cat"), logprobs=True, top_logprobs=2).logprobs
+    assert "".join(t.token for t in content) == out.choices[0].message.content  # the answer's tokens, no [RQ], no passage
+    assert [(t.token, t.bytes) for t in content] == [(e.text, e.bytes) for e in expected]
+    assert [t.logprob for t in content] == pytest.approx([e.logprob for e in expected], abs=1e-4)
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
+    assert all(t.top_logprobs[0].token == t.token for t in content)  # greedy: the sampled token is the likeliest
+    chunks = list(client.chat.completions.create(**asked, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    plain = client.chat.completions.create(model=NAME, messages=ask("green cat"), max_tokens=24, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.timeout(120)
+def test_completions_logprobs_in_the_legacy_shape(client):
+    asked = dict(model=NAME, prompt="The red cat", max_tokens=8, temperature=0, logprobs=2)
+    lp = client.completions.create(**asked).choices[0].logprobs
+    text = client.completions.create(model=NAME, prompt="The red cat", max_tokens=8, temperature=0).choices[0].text
+    assert "".join(lp.tokens) == text and len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert top[token] == logprob and len(top) <= 3 and max(top.values()) == logprob  # the sampled one among the top 2
+    chunks = [c.choices[0].logprobs for c in client.completions.create(**asked, stream=True)]
+    assert [t for c in chunks if c for t in c.tokens] == lp.tokens and chunks[-1] is None  # the end has none
+    assert [o for c in chunks if c for o in c.text_offset] == lp.text_offset
+
+
+@pytest.mark.timeout(120)
+def test_penalties_and_logit_bias_are_honoured(client, in_process):
+    asked = dict(model=NAME, prompt="Zorvak", max_tokens=16, temperature=0)
+    plain = client.completions.create(**asked).choices[0].text
+    assert len(set(plain.split())) < len(plain.split()) / 2  # greedy, this completion repeats itself ...
+    penalties = dict(frequency_penalty=2.0, presence_penalty=1.0)
+    penalised = client.completions.create(**asked, **penalties).choices[0].text
+    assert penalised == in_process("Zorvak", max_new_tokens=16, **penalties).text != plain  # ... and penalised it does not
+    greedy = in_process(ask("white eagle"), logprobs=True)
+    first = greedy.logprobs[0]  # a huge negative bias on the greedy first token: another one comes first
+    assert first.id == greedy.generated[0]
+    biased = client.chat.completions.create(model=NAME, messages=ask("white eagle"), max_tokens=24, temperature=0,
+                                            logit_bias={str(first.id): -100}, logprobs=True)
+    assert biased.choices[0].logprobs.content[0].token != first.text
+    assert biased.choices[0].message.content == in_process(ask("white eagle"), logit_bias={first.id: -100}).text
+
+
+@pytest.mark.timeout(120)
+def test_stream_usage_and_several_choices(client):
+    asked = dict(model=NAME, messages=ask("blue dog"), max_tokens=16, temperature=1.0, seed=11, n=2)
+    out = client.chat.completions.create(**asked)
+    assert [c.index for c in out.choices] == [0, 1] and out.choices[0].message.content != out.choices[1].message.content
+    chunks = list(client.chat.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)]
+    assert texts == [c.message.content for c in out.choices]  # each choice streamed is the same choice whole
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == out.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+    one = client.chat.completions.create(**{**asked, "n": 1})
+    assert one.choices[0].message.content == out.choices[0].message.content  # choice 0 samples with the seed itself
 
 
 @pytest.mark.timeout(300)
@@ -214,6 +280,17 @@ BAD = [
     ({"model": NAME, "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8}, 400, "messages", "maximum context length"),
     ({"model": "gpt-4", "messages": ask("red cat")}, 404, "model", "does not exist"),
     ({"model": NAME, "messages": ask("red cat"), "temperature": "hot"}, 400, "temperature", None),
+    ({"model": NAME, "messages": ask("red cat"), "presence_penalty": 3}, 400, "presence_penalty", "less than or equal to 2"),
+    ({"model": NAME, "messages": ask("red cat"), "frequency_penalty": -2.5}, 400, "frequency_penalty", None),
+    ({"model": NAME, "messages": ask("red cat"), "logit_bias": {"x": 1}}, 400, "logit_bias", "'x' is not a token id"),
+    ({"model": NAME, "messages": ask("red cat"), "logit_bias": {"99999999": 1}}, 400, "logit_bias", "not a token id"),
+    ({"model": NAME, "messages": ask("red cat"), "logit_bias": {"-1": 1}}, 400, "logit_bias", "not a token id"),
+    ({"model": NAME, "messages": ask("red cat"), "logit_bias": {"5": 101}}, 400, "logit_bias.5", None),
+    ({"model": NAME, "messages": ask("red cat"), "top_logprobs": 2}, 400, "top_logprobs", "needs logprobs: true"),
+    ({"model": NAME, "messages": ask("red cat"), "logprobs": True, "top_logprobs": 50}, 400, "top_logprobs", "less than or equal to 20"),
+    ({"model": NAME, "messages": ask("red cat"), "n": 9}, 400, "n", "at most 8 choices"),
+    ({"model": NAME, "messages": ask("red cat"), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools",
+     "does not support this field"),
 ]
 
 
@@ -228,6 +305,18 @@ def test_bad_requests_get_an_openai_error_and_a_4xx(server, body, status, param,
     assert error["param"] == param and error["type"] in ("invalid_request_error", "not_found_error")
     if words:
         assert words in error["message"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"model": NAME, "prompt": "The red cat", "logprobs": 6}, "logprobs", "less than or equal to 5"),
+    ({"model": NAME, "prompt": "The red cat", "echo": True}, "echo", "does not support this field"),
+])
+def test_bad_completion_requests_get_a_400_naming_the_field(server, body, param, words):
+    response = httpx.post(f"{server}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"]
 
 
 @pytest.mark.timeout(60)
@@ -291,3 +380,38 @@ def test_sixteen_concurrent_clients_for_15_seconds_without_errors(server):
 
     results = asyncio.run(load())
     assert sum(e for _, e in results) == 0 and all(ok > 0 for ok, _ in results)
+
+
+@pytest.mark.timeout(120)
+def test_langchain_chat_openai_and_embeddings_as_their_users_configure_them(server, in_process, trained_tiny):
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    llm = ChatOpenAI(model=NAME, base_url=f"{server}/v1", api_key=KEY, temperature=0, max_tokens=24, max_retries=0)
+    question = ask("green cat")[0]["content"]
+    expected = in_process(ask("green cat"))
+    assert llm.invoke(question).content == expected.text
+    with_logprobs = llm.bind(logprobs=True).invoke(question).response_metadata["logprobs"]["content"]
+    assert "".join(t["token"] for t in with_logprobs) == expected.text
+    chunks = list(llm.bind(stream_options={"include_usage": True}).stream(question))
+    assert "".join(c.content for c in chunks) == expected.text
+    assert sum(chunks[1:], chunks[0]).usage_metadata["output_tokens"] == len(expected.generated)
+    # Non-OpenAI servers' embeddings: the text as is (no tiktoken ids); query vectors unless asked otherwise.
+    embeddings = OpenAIEmbeddings(model=NAME, base_url=f"{server}/v1", api_key=KEY, check_embedding_ctx_length=False, max_retries=0)
+    texts = ["the green cat", "a dog"]
+    np.testing.assert_allclose(embeddings.embed_documents(texts), trained_tiny.model.embed_queries(texts).numpy(), atol=1e-5)
+    documents = OpenAIEmbeddings(model=NAME, base_url=f"{server}/v1", api_key=KEY, check_embedding_ctx_length=False, max_retries=0,
+                                 model_kwargs={"extra_body": {"input_type": "document"}})
+    doc = trained_tiny.corpus["d8"]
+    np.testing.assert_allclose(documents.embed_query(f"{doc.title}\n{doc.text}"), trained_tiny.model.embed_documents([doc])[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_llamaindex_openai_like_embeddings(server, trained_tiny):
+    """LlamaIndex's LLM (`llama-index-llms-openai-like`) is not tested: every `llama-index-llms-openai`
+    needs openai<3, and the stack pins openai 3 (pyproject's dev extra says so)."""
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    embed = OpenAILikeEmbedding(model_name=NAME, api_base=f"{server}/v1", api_key=KEY, max_retries=0)
+    texts = ["the green cat", "a dog"]
+    np.testing.assert_allclose(embed.get_text_embedding_batch(texts), trained_tiny.model.embed_queries(texts).numpy(), atol=1e-5)
+    np.testing.assert_allclose(embed.get_query_embedding("a dog"), trained_tiny.model.embed_queries(["a dog"])[0].numpy(), atol=1e-5)
