@@ -48,11 +48,6 @@ def knowledge_base(cfg, kb: str, scratch: str | Path) -> Corpus:
     return load_corpus(local_file(data_file(cfg, cfg.data.knowledge_bases[kb]), cfg.storage.s3_endpoint_url, scratch))[0]
 
 
-def reference_corpus(cfg, scratch: str | Path) -> Corpus:
-    """Every document a training row may name: the corpus and every knowledge base's entities."""
-    return Corpus(doc for kb in cfg.data.knowledge_bases for doc in knowledge_base(cfg, kb, scratch))
-
-
 def load_model(location: str, endpoint: str | None, scratch: str | Path) -> OneGenModel:
     if not storage.exists(f"{location}/{ONEGEN_CONFIG}", endpoint):
         raise StageError(f"no trained model at {location} (no {ONEGEN_CONFIG}): run the train stage first")
