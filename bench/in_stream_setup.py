@@ -37,7 +37,13 @@ from bench.common import (
     write_result,
     write_results_md,
 )
+from components.config import DecoderConfig
 from components.testing import eos_bias, forced_token, head_calls
+
+# The decoders P1–P3, P5 and GritLM's protocol time run the model's own modules in fp32: they
+# measure retrieval's mechanics against reference loops over those modules (`plain_decode`, HF
+# generate) and force [RQ] with a hook on the model's head. P4 times DecoderConfig's defaults.
+MECHANICS = DecoderConfig(matmul_dtype="float32")
 
 # -- what is run ---------------------------------------------------------------------------------
 

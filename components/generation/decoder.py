@@ -10,6 +10,11 @@ a whole prompt, or a passage chunk), right-aligned in a [B, W] block: padding sl
 of attention now and forever after, and position ids count only real tokens, so each row computes
 exactly what it would alone.
 
+What a step runs is a `DecoderConfig` (`step_modules.py`): by default, where the CPU has bf16
+instructions, a copy of the model's stack and head with bf16 matrix products (single-stream decode
+on SmolLM2 is memory-bound: bench/RESULTS.md, P4 and "Where a decode step goes"); elsewhere, or
+with `matmul_dtype="float32"`, the model's own modules, exactly as it computes.
+
 In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
 only follow a surface form of the knowledge base (the written text must end with one), and the
 state at `[EL]` is matched to the nearest of the entities that form names; decoding simply goes on.
@@ -29,9 +34,10 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from components import tokens as st
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.data.aliases import Matcher, continues_word
 from components.data.schema import Document
+from components.generation.step_modules import step_modules
 from components.model.onegen import OneGenModel
 
 
@@ -152,6 +158,7 @@ class InStreamDecoder:
         knowledge_bases: Mapping[str, KnowledgeBase] | None = None,  # link mode: name → what [EL] searches
         query_encoder: QueryEncoder | None = None,
         split_prefill: bool = True,  # False: one forward per step, every row padded to the widest
+        config: DecoderConfig = DecoderConfig(),
     ):
         knowledge_bases = dict(knowledge_bases or {})
         for name, idx in (("index", index), *((f"entity index {n!r}", kb.index) for n, kb in knowledge_bases.items())):
@@ -168,6 +175,13 @@ class InStreamDecoder:
         self.index = index
         self.knowledge_bases = knowledge_bases
         self.split_prefill = split_prefill
+        self.config = config
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        # What the steps run: the model's own stack and head, or (DecoderConfig) a copy of them
+        # sharing its tensors, e.g. with bf16 matrix products; made once, here.
+        self.steps = step_modules(model, config)
+        self.stack, self.head = self.steps.stack, self.steps.head
         enc = model.formatter
         self.query_id = enc.query_id
         self.entity_id = enc.special[st.ENTITY]
@@ -185,12 +199,14 @@ class InStreamDecoder:
                 results[event.row] = event.generation
         return results  # type: ignore[return-value]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts tensor versions)
     def stream(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> Iterator[Event]:
         """Decode together, yielding events as they happen (for streaming servers)."""
         if isinstance(configs, GenerationConfig):
             configs = [configs] * len(prompts)
         rows = [self._new_row(i, p, c) for i, (p, c) in enumerate(zip(prompts, configs, strict=True))]
+        if not self.steps.own:
+            _refuse_patched(self.model)
         self.model.eval()
         cache = DynamicCache()
         mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.model.device)
@@ -226,7 +242,7 @@ class InStreamDecoder:
             hidden, mask = self._feed_groups(live, cache, mask, [prefill, decode])
         else:
             hidden, mask = self._feed(live, cache, mask)
-        logits = self.model.hf.get_output_embeddings()(hidden).float()
+        logits = self.head(hidden).float()
         return hidden, logits, mask, time.perf_counter() - started
 
     def _feed(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +259,7 @@ class InStreamDecoder:
             positions[b] = row.length  # padding slots: any position, they are masked
             positions[b, width - n :] = torch.arange(row.length, row.length + n)
         mask = torch.cat([mask, step_mask.to(device)], dim=1)
-        out = self.model.hf.get_decoder()(
+        out = self.stack(
             input_ids=ids.to(device),
             attention_mask=mask,
             position_ids=positions.to(device),
@@ -494,6 +510,18 @@ class InStreamDecoder:
             prompt_tokens=row.prompt_tokens,
             timings=dict(row.timings, total_s=time.perf_counter() - row.started),
         )
+
+
+def _refuse_patched(model: OneGenModel) -> None:
+    """A hook or a patched forward on the model's stack or head would not reach a decoder that runs
+    a copy of them (a test double forcing [RQ], a spy counting widths): say so, do not ignore it."""
+    for name, module in (("decoder stack", model.hf.get_decoder()), ("LM head", model.hf.get_output_embeddings())):
+        if module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__:
+            raise RuntimeError(
+                f"the model's {name} has a hook or a patched forward, which this decoder would not run: it decodes "
+                "with a copy of the modules (DecoderConfig matmul_dtype / attn_implementation); make it with "
+                "DecoderConfig(matmul_dtype='float32') to decode with the model's own modules"
+            )
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int:
