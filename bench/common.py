@@ -369,7 +369,8 @@ KNOWN = {
     },
 }
 ORDER = ["p1_in_stream_overhead", "p2_vs_pipeline_same_size", "p3_vs_pipeline_minilm", "p4_decode_vs_hf_generate",
-         "decode_step_profile", "p5_batch_8_vs_1", "gritlm_caching", "minilm_baseline"]
+         "p4_decode_vs_hf_generate_1_thread", "decode_step_profile", "decode_compile",
+         "p5_batch_8_vs_1", "gritlm_caching", "minilm_baseline"]
 
 
 def _ratio_cell(r: dict) -> str:

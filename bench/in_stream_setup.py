@@ -53,7 +53,7 @@ class Plan:
     new_tokens: int = 64  # sampled per answer (inserted passages do not count)
     hop_steps: tuple[int, ...] = (8, 24, 40)  # generated-token indices of the forced [RQ]
     reps: int = 4  # P1–P3 (one interleaved loop of five variants)
-    decode_reps: int = 3  # P4
+    decode_reps: int = 5  # P4 (its variants differ by 10-30 %: five rounds keep one slow round out of the median)
     batch: int = 8  # P5
     batch_reps: int = 3
     batch_warmup: int = 0  # P5 runs after P1–P4: the process is warm

@@ -8,6 +8,7 @@ bf16's greedy tokens against fp32's, and the memory-bandwidth bound.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -90,8 +91,9 @@ def measure(setup: Setup) -> dict:
     started, load0 = time.perf_counter(), load_average()
     cfg = setup.cfg(retrieval=False)
     decoders = {
-        "in_stream": InStreamDecoder(model),  # the defaults: what the server runs
+        "in_stream": InStreamDecoder(model),  # the defaults, at this process's threads
         "in_stream_fp32": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="float32")),
+        "in_stream_bf16": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="bfloat16")),
         "in_stream_eager_attention": InStreamDecoder(model, config=DecoderConfig(attn_implementation="eager")),
     }
     ids = torch.tensor([prompt], device=device)
@@ -121,40 +123,43 @@ def measure(setup: Setup) -> dict:
     ratio = runs.ratio("hf_generate", "in_stream")  # tokens/s ours ÷ HF = time HF ÷ time ours
     raw = runs.report({"tokens_per_s_ratio": ("hf_generate", "in_stream"),
                        "fp32_ratio": ("hf_generate", "in_stream_fp32"),
-                       "bf16_over_fp32": ("in_stream_fp32", "in_stream"),
+                       "bf16_over_fp32": ("in_stream_fp32", "in_stream_bf16"),
                        "eager_attention_over_sdpa": ("in_stream", "in_stream_eager_attention")})
     timings = timing_medians(runs.used_results("in_stream"))
     decode_tps = (n - 1) / timings["decode_s"]
     load1 = load_average()
 
-    setup.log("P4: the process's threads against one thread (wall time) ...")
-    threads = thread_comparison(setup, decoders["in_stream"], prompt, cfg)
+    threads = None
+    if torch.get_num_threads() > 1:
+        setup.log("P4: the process's threads against one thread (wall time) ...")
+        threads = thread_comparison(setup, decoders["in_stream"], prompt, cfg)
     setup.log("P4: bf16's greedy tokens against fp32's ...")
     size = "quick" if setup.plan.new_tokens < 64 else "full"
-    numerics = greedy_numerics(setup, decoders["in_stream"], decoders["in_stream_fp32"], n, NUMERICS_PROMPTS[size])
+    numerics = greedy_numerics(setup, decoders["in_stream_bf16"], decoders["in_stream_fp32"], n, NUMERICS_PROMPTS[size])
     setup.log("P4: memory bandwidth ...")
     bandwidth = copy_bandwidth(0.25 if size == "quick" else 1.0)
     context = len(prompt) + n // 2  # the KV cache's mean length over the answer
-    need = {name: bytes_per_token(d, context) for name, d in (("fp32", decoders["in_stream_fp32"]), ("default", decoders["in_stream"]))}
+    need = {name: bytes_per_token(decoders[f"in_stream_{name}"], context) for name in ("fp32", "bf16")}
     copy = bandwidth["gb_per_s"]["numpy_copy"]
     bound = {k: copy * 1e9 / v["total"] for k, v in need.items()}
-    decode_only = {"in_stream": decode_tps,
-                   "in_stream_fp32": (n - 1) / timing_medians(runs.used_results("in_stream_fp32"))["decode_s"]}
-    share = {"default": decode_only["in_stream"] / bound["default"], "fp32": decode_only["in_stream_fp32"] / bound["fp32"]}
+    decode_only = {k: (n - 1) / timing_medians(runs.used_results(f"in_stream_{k}"))["decode_s"] for k in ("fp32", "bf16")}
+    share = {k: decode_only[k] / bound[k] for k in bound}
     dtype = str(decoders["in_stream"].steps.matmul_dtype).removeprefix("torch.")
+    process_threads = torch.get_num_threads()
+    suffix = "" if process_threads == (os.cpu_count() or 1) else f"_{process_threads}_thread{'s' if process_threads > 1 else ''}"
     return setup.save(setup.base(
-        "p4_decode_vs_hf_generate",
+        "p4_decode_vs_hf_generate" + suffix,
         f"single-stream tokens/s, {n} new tokens: InStreamDecoder (retrieval off, default DecoderConfig: {dtype} matrix "
         "products here) ÷ HF generate (greedy, fp32, its defaults)",
         ratio, f">= {GOAL}", ratio >= GOAL,
         f"Both decode {n} tokens greedily from the same prompt with the KV cache, batch 1, in this process's threads: "
         "ours with `GenerationConfig(retrieval=False, logit_bias={eos: -1e4})` and the default `DecoderConfig` "
-        "(`matmul_dtype` auto: bf16 weights prepacked for oneDNN where the CPU has AVX512-BF16, the model's own fp32 "
-        f"elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
+        "(`matmul_dtype` auto: bf16 weights prepacked for oneDNN on a CPU with AVX512-BF16 decoding on one thread, "
+        f"the model's own fp32 elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
         f"(sdpa attention, HF's default). tokens/s = {n} ÷ wall time of the whole call (prompt prefill included in "
         "both), so the ratio is HF's median time ÷ ours. Also timed in the same rounds: ours in fp32 (its tokens must "
-        "equal HF's: `tokens_identical`) and with eager attention; then, apart, ours at 1 thread against the "
-        "process's threads, and bf16's greedy tokens against fp32's on the first dev prompts (`numerics`). The "
+        "equal HF's: `tokens_identical`), in bf16 and with eager attention; then, apart, ours at 1 thread against "
+        "the process's threads (when it has more), and bf16's greedy tokens against fp32's on the first dev prompts (`numerics`). The "
         "bandwidth bound: the bytes a step must read (weights in the type they are run in, the KV cache at the "
         "answer's mean length) ÷ a 1 GiB copy's bandwidth; `share_of_bound` is the decode-only tokens/s over it.",
         tokens_per_s=tps, tokens_identical=identical, tokens={"prompt": len(prompt), "generated": n},
@@ -172,16 +177,16 @@ def measure(setup: Setup) -> dict:
             + f"; ours in fp32 ÷ HF {raw['fp32_ratio']['ratio']:.3f} (tokens identical to HF's: {identical}); bf16 ÷ fp32 "
             f"{raw['bf16_over_fp32']['ratio']:.3f}; eager attention ÷ sdpa {raw['eager_attention_over_sdpa']['ratio']:.3f}; "
             f"load average {load0} → {load1}",
-            f"threads (wall time, {threads['rounds']} interleaved rounds, others kept {threads['others_cores_median']:.2f} "
-            f"cores busy): {threads['process_threads']} threads {threads['tokens_per_s']['process']:.2f} tokens/s, "
-            f"1 thread {threads['tokens_per_s']['one']:.2f}",
+            *([f"threads (wall time, {threads['rounds']} interleaved rounds, others kept {threads['others_cores_median']:.2f} "
+               f"cores busy): {threads['process_threads']} threads {threads['tokens_per_s']['process']:.2f} tokens/s, "
+               f"1 thread {threads['tokens_per_s']['one']:.2f}"] if threads else []),
             numerics_line(numerics, dtype),
             f"bandwidth bound: a 1 GiB copy runs at {copy:.1f} GB/s (read + written; torch's copy "
             f"{bandwidth['gb_per_s']['torch_copy']:.1f}, a read-only pass {bandwidth['gb_per_s']['torch_read']:.1f}); a step "
-            f"reads {need['fp32']['total'] / 1e6:.0f} MB in fp32, {need['default']['total'] / 1e6:.0f} MB as run by default "
-            f"→ at most {bound['fp32']:.1f} and {bound['default']:.1f} tokens/s; decode-only we reach "
-            f"{decode_only['in_stream_fp32']:.1f} ({100 * share['fp32']:.0f} %) and {decode_only['in_stream']:.1f} "
-            f"({100 * share['default']:.0f} %)",
+            f"reads {need['fp32']['total'] / 1e6:.0f} MB in fp32, {need['bf16']['total'] / 1e6:.0f} MB in bf16 "
+            f"→ at most {bound['fp32']:.1f} and {bound['bf16']:.1f} tokens/s; decode-only we reach "
+            f"{decode_only['fp32']:.1f} ({100 * share['fp32']:.0f} % of it) and {decode_only['bf16']:.1f} "
+            f"({100 * share['bf16']:.0f} %)",
         ],
     ))
 

@@ -38,11 +38,12 @@ class PackedLinear(nn.Module):
         # inputs, a prompt or a passage, are still right, oneDNN just picks another kernel).
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.op = torch.ops.mkldnn._linear_pointwise.default  # the overload itself: no resolution per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        # On the input as it comes, any leading dimensions (no reshapes): a decode step makes ~200
+        # of these calls, and each µs of Python in them is 0.2 ms a step.
+        return self.op(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "").to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 packed"
