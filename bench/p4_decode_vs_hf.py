@@ -154,8 +154,8 @@ def measure(setup: Setup) -> dict:
         ratio, f">= {GOAL}", ratio >= GOAL,
         f"Both decode {n} tokens greedily from the same prompt with the KV cache, batch 1, in this process's threads: "
         "ours with `GenerationConfig(retrieval=False, logit_bias={eos: -1e4})` and the default `DecoderConfig` "
-        "(`matmul_dtype` auto: bf16 weights prepacked for oneDNN on a CPU with AVX512-BF16 decoding on one thread, "
-        f"the model's own fp32 elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
+        "(`matmul_dtype` auto: bf16 weights prepacked for oneDNN on a CPU with AVX512-BF16, the model's own fp32 "
+        f"elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
         f"(sdpa attention, HF's default). tokens/s = {n} ÷ wall time of the whole call (prompt prefill included in "
         "both), so the ratio is HF's median time ÷ ours. Also timed in the same rounds: ours in fp32 (its tokens must "
         "equal HF's: `tokens_identical`), in bf16 and with eager attention; then, apart, ours at 1 thread against "

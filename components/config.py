@@ -174,8 +174,8 @@ class DecoderConfig(FrozenConfig):
         "auto",
         description="the float type of the linear layers' weights while decoding. float32: the model's own modules, as "
                     "it computes; bfloat16: a copy of them whose matrix products use bf16 weights (prepacked for oneDNN "
-                    "on a CPU), everything else still in the model's type; auto: bfloat16 where it is faster, a GPU with "
-                    "bf16 or a CPU with AVX512-BF16 decoding on one thread (on two, fp32 wins: bench/RESULTS.md, P4)",
+                    "on a CPU), everything else still in the model's type; auto: bfloat16 where the hardware is fast at it "
+                    "(a GPU with bf16, a CPU with AVX512-BF16: bench/RESULTS.md, P4)",
     )
     attn_implementation: Literal["sdpa", "eager"] | None = Field(
         None, description="the attention kernel while decoding (on a copy of the modules); None: the model's own "

@@ -11,9 +11,9 @@ of attention now and forever after, and position ids count only real tokens, so 
 exactly what it would alone.
 
 What a step runs is a `DecoderConfig` (`step_modules.py`): by default, on a CPU with bf16
-instructions decoding on one thread (a 1-CPU Serve replica), a copy of the model's stack and head
-with bf16 matrix products; elsewhere, or with `matmul_dtype="float32"`, the model's own modules,
-exactly as it computes (bench/RESULTS.md: P4, and "Where a decode step goes").
+instructions, a copy of the model's stack and head with bf16 matrix products; elsewhere, or with
+`matmul_dtype="float32"`, the model's own modules, exactly as it computes (bench/RESULTS.md: P4,
+and "Where a decode step goes").
 
 In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
 only follow a surface form of the knowledge base (the written text must end with one), and the

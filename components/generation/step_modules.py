@@ -30,10 +30,11 @@ def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
     """float32 or bfloat16, as `cfg.matmul_dtype` resolves on this model's device. A model with
     LoRA adapters still in it keeps its own modules: its adapted layers are not plain linear layers.
 
-    On a CPU, "auto" is bf16 only with oneDNN's bf16 instructions and one thread. oneDNN's packed
-    bf16 product of one row is compute-bound (about 7 GB/s of weights per core on a Xeon with AMX,
-    where fp32's memory-bound one reads 10-11): one thread decodes 1.2x faster in bf16, but two
-    threads double fp32's bandwidth and bf16 then loses (0.9x) (bench/RESULTS.md, P4)."""
+    On a CPU, "auto" is bf16 where oneDNN has the CPU's bf16 instructions. Measured on a 2-core
+    Xeon with AMX, quiet (bench/RESULTS.md, P4): one thread decodes 1.24x faster in bf16, two
+    threads 1.06x. oneDNN's packed bf16 product of one row is compute-bound (about 7 GB/s of
+    weights per core, where fp32's memory-bound one reads 10-11), so the second core's bandwidth
+    helps fp32 more; under another process's load, two threads stall at OpenMP barriers either way."""
     if cfg.matmul_dtype == "float32" or hasattr(model.lm, "peft_config"):
         return torch.float32
     if cfg.matmul_dtype == "bfloat16":
@@ -41,7 +42,7 @@ def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
     device = model.device
     if resolve("auto", device) != torch.bfloat16:
         return torch.float32
-    if device.type == "cpu" and (not packed_linear.available() or (cfg.threads or torch.get_num_threads()) > 1):
+    if device.type == "cpu" and not packed_linear.available():
         return torch.float32
     return torch.bfloat16
 

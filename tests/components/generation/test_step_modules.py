@@ -31,17 +31,11 @@ def test_float32_runs_the_models_own_modules(tiny_model):
     assert steps.stack is tiny_model.hf.get_decoder() and steps.head is tiny_model.hf.get_output_embeddings()
 
 
-def test_auto_is_bf16_where_the_cpu_has_it_on_one_thread(tiny_model):
+def test_auto_is_bf16_exactly_where_the_cpu_has_it(tiny_model):
     expected = torch.bfloat16 if packed_linear.available() else torch.float32
     assert DecoderConfig().matmul_dtype == "auto"
-    assert matmul_dtype(tiny_model, DecoderConfig(threads=1)) == expected
-    assert matmul_dtype(tiny_model, DecoderConfig(threads=2)) == torch.float32  # fp32's bandwidth doubles
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert matmul_dtype(tiny_model, DecoderConfig()) == expected
-    finally:
-        torch.set_num_threads(threads)
+    assert matmul_dtype(tiny_model, DecoderConfig()) == expected
+    assert matmul_dtype(tiny_model, DecoderConfig(matmul_dtype="bfloat16")) == torch.bfloat16
 
 
 @bf16_cpu
