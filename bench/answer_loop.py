@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.common import Runs, interleave, load_average, median, timed
-from bench.in_stream_setup import Setup, load_model, minilm_index, plain_decode, timing_medians
+from bench.in_stream_setup import MECHANICS, Setup, load_model, minilm_index, plain_decode, timing_medians
 from components.testing import ReplayIndex, forced_token, head_calls
 
 
@@ -65,7 +65,7 @@ def run_loop(setup: Setup) -> AnswerLoop:
     plan, model, prompt, device = setup.plan, setup.model, setup.prompts[0], setup.device
     started, load0 = time.perf_counter(), load_average()
     cfg = setup.cfg()
-    decoder = InStreamDecoder(model, setup.index)
+    decoder = InStreamDecoder(model, setup.index, config=MECHANICS)
     setup.log("P1–P3: a reference in-stream answer ...")
     _, ref = setup.in_stream_run(decoder, [prompt], cfg)
     ref = ref[0]
@@ -91,13 +91,13 @@ def run_loop(setup: Setup) -> AnswerLoop:
 
     def pipeline(index, encoder):
         def run():
-            rag = PipelineRAG(model, ReplayIndex(index, ref.hops, encoder.fingerprint), encoder)
+            rag = PipelineRAG(model, ReplayIndex(index, ref.hops, encoder.fingerprint), encoder, decoder=MECHANICS)
             with forced_token(model, setup.rq, pipe_calls):
                 return timed(lambda: rag.generate(prompt, cfg), device)
         return run
 
     def gritlm():
-        grit = gritlm_style(model, ReplayIndex(setup.index, ref.hops))
+        grit = gritlm_style(model, ReplayIndex(setup.index, ref.hops), MECHANICS)
         with forced_token(model, setup.rq, in_calls):
             s, gens = timed(lambda: grit.generate([prompt], cfg), device)
         return s, gens[0]

@@ -369,6 +369,7 @@ KNOWN = {
     },
 }
 ORDER = ["p1_in_stream_overhead", "p2_vs_pipeline_same_size", "p3_vs_pipeline_minilm", "p4_decode_vs_hf_generate",
+         "p4_decode_vs_hf_generate_1_thread", "decode_step_profile", "decode_compile",
          "p5_batch_8_vs_1", "gritlm_caching", "minilm_baseline"]
 
 
@@ -438,6 +439,9 @@ def render_results_md(results: list[dict]) -> str:
             lines.append(f"- {extra}")
         if r.get("details_md"):
             lines.append("")
+    for r in results:  # a result may carry a section of its own (a breakdown that is no ratio)
+        if r.get("section_md"):
+            lines += [f"## {r['section_md']['title']}", "", *r["section_md"]["lines"], ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -23,6 +23,7 @@ from bench.answer_loop import answer_loop, ms
 from bench.common import REPO, command_line, timed
 from bench.in_stream_setup import (
     FULL,
+    MECHANICS,
     Plan,
     Setup,
     lm_index,
@@ -124,7 +125,7 @@ def memory_variant(args: argparse.Namespace) -> int:
                            max_retrievals=len(plan.hop_steps))
     rq = model.formatter.query_id
     if args.variant == "in_stream":
-        decoder = InStreamDecoder(model, lm_index(model, corpus, plan.seed))
+        decoder = InStreamDecoder(model, lm_index(model, corpus, plan.seed), config=MECHANICS)
         calls = head_calls(plan.hop_steps, rq_fed_by_decoder=True)
 
         def answer():
@@ -136,7 +137,7 @@ def memory_variant(args: argparse.Namespace) -> int:
         calls = head_calls(plan.hop_steps, rq_fed_by_decoder=False)
 
         def answer():
-            return PipelineRAG(model, ReplayIndex(index, hops), minilm).generate(prompt, cfg)
+            return PipelineRAG(model, ReplayIndex(index, hops), minilm, decoder=MECHANICS).generate(prompt, cfg)
 
     seconds, gen = [], None
     for _ in range(args.runs):

@@ -10,7 +10,7 @@ import sys
 import time
 
 from bench.common import interleave, load_average
-from bench.in_stream_setup import Setup, measured, run_alone, timing_medians
+from bench.in_stream_setup import MECHANICS, Setup, measured, run_alone, timing_medians
 
 
 def warmup(setup: Setup) -> tuple[int, str]:
@@ -31,7 +31,7 @@ def measure(setup: Setup) -> dict:
     prompts = setup.prompts[:b]
     if len(prompts) < b:
         prompts = (prompts * b)[:b]
-    decoder = InStreamDecoder(setup.model, setup.index)
+    decoder = InStreamDecoder(setup.model, setup.index, config=MECHANICS)
     off, on = setup.cfg(retrieval=False), setup.cfg()
 
     def run(ps, cfg, forced):

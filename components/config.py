@@ -177,3 +177,25 @@ class GenerationConfig(FrozenConfig):
     # and nearly every word of a sentence is some lemma: [EL] may then follow that word only.
     link_forms: list[str] = Field([], description="link mode: the only surface forms [EL] may follow (a word-sense "
                                                   "request's target word); empty: every form of the knowledge base")
+
+
+class DecoderConfig(FrozenConfig):
+    """How the in-stream decoder computes its steps, the same for every row of a batch (what one
+    request asks for is its GenerationConfig). Each field's effect on single-stream decode is
+    measured in bench/RESULTS.md (`decode_step_profile`, `p4_decode_vs_hf_generate`)."""
+
+    matmul_dtype: Precision = Field(
+        "auto",
+        description="the float type of the linear layers' weights while decoding. float32: the model's own modules, as "
+                    "it computes; bfloat16: a copy of them whose matrix products use bf16 weights (prepacked for oneDNN "
+                    "on a CPU), everything else still in the model's type; auto: bfloat16 where the hardware is fast at it "
+                    "(a GPU with bf16, a CPU with AVX512-BF16: bench/RESULTS.md, P4)",
+    )
+    attn_implementation: Literal["sdpa", "eager"] | None = Field(
+        None, description="the attention kernel while decoding (on a copy of the modules); None: the model's own "
+                          "(HF's default, sdpa)",
+    )
+    threads: PositiveInt | None = Field(
+        None, description="torch CPU threads, set for the whole process when the decoder is made; None: as the process "
+                          "has them (a Ray replica of 1 CPU has 1)",
+    )

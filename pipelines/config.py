@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from components.config import FrozenConfig, GenerationConfig, IndexConfig, Precision, TrainConfig
+from components.config import DecoderConfig, FrozenConfig, GenerationConfig, IndexConfig, Precision, TrainConfig
 from components.datasets.config import BuildConfig
 
 PRESETS = Path(__file__).parent / "presets"
@@ -118,6 +118,9 @@ class EvaluateConfig(FrozenConfig):
     # Free-running answers to every dev question: these settings, always greedy, with plain argmax
     # retrieval and (when the model has a calibrated τ) the threshold policy.
     generation: GenerationConfig = GenerationConfig()
+    # How the answers are computed: DecoderConfig's defaults, as a server computes them (bf16 matrix
+    # products where the CPU has them); matmul_dtype float32 for the model's own fp32.
+    decoder: DecoderConfig = DecoderConfig()
     batch_size: PositiveInt = Field(16, description="dev questions decoded together")
     linking_sample: PositiveInt = Field(128, description="held-out linking texts the model links free-running (seeded random sample)")
     # Reading the gold mentions' [EL] states is a forward pass per text: all 3,211 held-out texts

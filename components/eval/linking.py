@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.config import DecoderConfig
 from components.data.aliases import Matcher
 from components.data.linking import LinkedText, Mention, linking_example
 from components.data.schema import RETRIEVAL_PATTERN, Example
@@ -211,12 +212,14 @@ def with_ambiguity(texts: Sequence[LinkedText], others: int | None) -> list[Link
 
 
 def evaluate_linking(model, index, forms: Matcher, dev: Sequence[LinkedText], frequent: MostFrequentEntity,
-                     minilm: MiniLMLinker, sample: int, config, unambiguous_texts: int | None = None) -> LinkingEvaluation:
+                     minilm: MiniLMLinker, sample: int, config, unambiguous_texts: int | None = None,
+                     decoder_config: DecoderConfig = DecoderConfig()) -> LinkingEvaluation:
     """The gold mentions of `dev` (all texts with an ambiguous mention, and `unambiguous_texts` of
     the rest: `with_ambiguity`) linked by ours (teacher-forced `[EL]` states; among the form's
     candidates as served, and over the whole base) and by the baselines; then a seeded random
     sample of `sample` texts linked end to end by the model free-running (`config`: link mode is
-    set here) and by the string matcher with each baseline. `index` holds the entities' vectors."""
+    set here) and by the string matcher with each baseline. `index` holds the entities' vectors;
+    `decoder_config` is how the free-running links are computed."""
     from components.generation.decoder import InStreamDecoder, KnowledgeBase  # torch, only when a model is evaluated
     from components.generation.linking import link_texts
 
@@ -230,7 +233,7 @@ def evaluate_linking(model, index, forms: Matcher, dev: Sequence[LinkedText], fr
     }
     chosen = random.Random(0).sample(list(dev), min(sample, len(dev)))  # drawn without looking at the labels
     kb = chosen[0].kb if chosen else "wikipedia"
-    decoder = InStreamDecoder(model, None, {kb: KnowledgeBase(index, forms)})
+    decoder = InStreamDecoder(model, None, {kb: KnowledgeBase(index, forms)}, config=decoder_config)
     linked = []
     for start in range(0, len(chosen), 16):
         batch = chosen[start:start + 16]

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.data.corpus import Corpus
 from components.generation.decoder import Generation, Hop, Index, InStreamDecoder, cut_at_stop
 from components.model.onegen import OneGenModel
@@ -58,8 +58,8 @@ class MiniLMQueryEncoder:
         return build_from_vectors(vectors, corpus, self.fingerprint, cfg)
 
 
-def gritlm_style(model: OneGenModel, index: Index) -> InStreamDecoder:
-    return InStreamDecoder(model, index, query_encoder=LMQueryEncoder(model))
+def gritlm_style(model: OneGenModel, index: Index, decoder: DecoderConfig = DecoderConfig()) -> InStreamDecoder:
+    return InStreamDecoder(model, index, query_encoder=LMQueryEncoder(model), config=decoder)
 
 
 class PipelineRAG:
@@ -73,13 +73,14 @@ class PipelineRAG:
         index: Index,
         query_encoder: LMQueryEncoder | MiniLMQueryEncoder,
         query_from: Literal["sub_question", "context"] = "sub_question",
+        decoder: DecoderConfig = DecoderConfig(),
     ):
         """`query_from`: what the retriever reads: the sub-question just written, or the whole
         text so far (what OneGen's research code feeds its second pass)."""
         if index.fingerprint != query_encoder.fingerprint:
             raise ValueError(f"the index was built by {index.fingerprint}, not by the query encoder {query_encoder.fingerprint}")
         self.generator = generator
-        self.decoder = InStreamDecoder(generator)  # no index: [RQ] is a token it stops on
+        self.decoder = InStreamDecoder(generator, config=decoder)  # no index: [RQ] is a token it stops on
         self.index = index
         self.query_encoder = query_encoder
         self.query_from = query_from

@@ -14,6 +14,11 @@ A row's next token is drawn from its logits after the request's logit_bias and O
 frequency and presence penalties (over the answer's own tokens), then the retrieval rules; its
 log-probability, when asked for, is read off those same logits.
 
+What a step runs is a `DecoderConfig` (`step_modules.py`): by default, on a CPU with bf16
+instructions, a copy of the model's stack and head with bf16 matrix products; elsewhere, or with
+`matmul_dtype="float32"`, the model's own modules, exactly as it computes (bench/RESULTS.md: P4,
+and "Where a decode step goes").
+
 In entity-linking mode the model copies its text writing `[EL]` after each mention. `[EL]` may
 only follow a surface form of the knowledge base (the written text must end with one), and the
 state at `[EL]` is matched to the nearest of the entities that form names; decoding simply goes on.
@@ -35,9 +40,10 @@ from transformers.cache_utils import DynamicLayer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from components import tokens as st
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.data.aliases import Matcher, continues_word
 from components.data.schema import Document
+from components.generation.step_modules import step_modules
 from components.model.onegen import OneGenModel
 
 
@@ -182,6 +188,7 @@ class InStreamDecoder:
         knowledge_bases: Mapping[str, KnowledgeBase] | None = None,  # link mode: name → what [EL] searches
         query_encoder: QueryEncoder | None = None,
         split_prefill: bool = True,  # False: one forward per step, every row padded to the widest
+        config: DecoderConfig = DecoderConfig(),
     ):
         knowledge_bases = dict(knowledge_bases or {})
         for name, idx in (("index", index), *((f"entity index {n!r}", kb.index) for n, kb in knowledge_bases.items())):
@@ -198,6 +205,13 @@ class InStreamDecoder:
         self.index = index
         self.knowledge_bases = knowledge_bases
         self.split_prefill = split_prefill
+        self.config = config
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        # What the steps run: the model's own stack and head, or (DecoderConfig) a copy of them
+        # sharing its tensors, e.g. with bf16 matrix products; made once, here.
+        self.steps = step_modules(model, config)
+        self.stack, self.head = self.steps.stack, self.steps.head
         enc = model.formatter
         self.query_id = enc.query_id
         self.entity_id = enc.special[st.ENTITY]
@@ -218,12 +232,14 @@ class InStreamDecoder:
                 results[event.row] = event.generation
         return results  # type: ignore[return-value]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts tensor versions)
     def stream(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> Iterator[Event]:
         """Decode together, yielding events as they happen (for streaming servers)."""
         if isinstance(configs, GenerationConfig):
             configs = [configs] * len(prompts)
         rows = [self._new_row(i, p, c) for i, (p, c) in enumerate(zip(prompts, configs, strict=True))]
+        if not self.steps.own:
+            _refuse_patched(self.model)
         self.model.eval()
         cache = DynamicCache()
         mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.model.device)
@@ -259,7 +275,7 @@ class InStreamDecoder:
             hidden, mask = self._feed_groups(live, cache, mask, [prefill, decode])
         else:
             hidden, mask = self._feed(live, cache, mask)
-        logits = self.model.hf.get_output_embeddings()(hidden).float()
+        logits = self.head(hidden).float()
         return hidden, logits, mask, time.perf_counter() - started
 
     def _feed(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +292,7 @@ class InStreamDecoder:
             positions[b] = row.length  # padding slots: any position, they are masked
             positions[b, width - n :] = torch.arange(row.length, row.length + n)
         mask = torch.cat([mask, step_mask.to(device)], dim=1)
-        out = self.model.hf.get_decoder()(
+        out = self.stack(
             input_ids=ids.to(device),
             attention_mask=mask,
             position_ids=positions.to(device),
@@ -603,6 +619,18 @@ class TokenBytes:
         if self.byte_of is not None and all(c in self.byte_of for c in piece):
             return bytes(self.byte_of[c] for c in piece)
         return self.tokenizer.decode([token]).encode()
+
+
+def _refuse_patched(model: OneGenModel) -> None:
+    """A hook or a patched forward on the model's stack or head would not reach a decoder that runs
+    a copy of them (a test double forcing [RQ], a spy counting widths): say so, do not ignore it."""
+    for name, module in (("decoder stack", model.hf.get_decoder()), ("LM head", model.hf.get_output_embeddings())):
+        if module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__:
+            raise RuntimeError(
+                f"the model's {name} has a hook or a patched forward, which this decoder would not run: it decodes "
+                "with a copy of the modules (DecoderConfig matmul_dtype / attn_implementation); make it with "
+                "DecoderConfig(matmul_dtype='float32') to decode with the model's own modules"
+            )
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int:

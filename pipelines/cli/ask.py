@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import CliPositionalArg, CliToggleFlag
 
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from pipelines.cli.command import Command
 
 
@@ -48,6 +48,7 @@ class Ask(Command, GenerationConfig):
     endpoint: str | None = Field(None, description="a OneGen server instead, e.g. http://127.0.0.1:8000")
     api_key: str | None = Field(None, description="the server's key; None: $ONEGEN_API_KEY")
     as_json: CliToggleFlag[bool] = Field(False, alias="json", description="print the answer and trace as one JSON object")
+    decoder: DecoderConfig = Field(DecoderConfig(), description="how the in-process decoder computes its steps")
 
     @property
     def generation(self) -> GenerationConfig:
@@ -69,7 +70,7 @@ class Ask(Command, GenerationConfig):
             return 2
         model, index = loaded
         prompt = model.formatter.prompt([{"role": "user", "content": self.question}])
-        out = InStreamDecoder(model, index).generate([prompt], self.generation)[0]
+        out = InStreamDecoder(model, index, config=self.decoder).generate([prompt], self.generation)[0]
         if self.as_json:
             hops = [{k: v for k, v in asdict(h).items() if k != "vector"} for h in out.hops]
             print(json.dumps({"answer": out.text, "finish_reason": out.finish_reason, "hops": hops, "timings": out.timings}))

@@ -175,7 +175,7 @@ def free_running_block(model: OneGenModel, index: DocumentIndex, examples: Seque
     """Every dev question answered with each policy, and MiniLM's pipeline on the same questions."""
     gold = [{d for ids in e.positives for d in ids} for e in examples]
     prompts = [model.formatter.prompt(e.prompt) for e in examples]
-    decoder = InStreamDecoder(model, index)
+    decoder = InStreamDecoder(model, index, config=cfg.evaluate.decoder)
     base = cfg.evaluate.generation.model_copy(update={"temperature": 0.0, "retrieval_threshold": None})
     policies = {"free": base}
     if model.retrieval_threshold is not None:
@@ -303,7 +303,7 @@ def linking_block(cfg: PipelineConfig, kb: str, model: OneGenModel, index: Docum
     config = cfg.evaluate.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": LINK_MAX_TOKENS,
                                                         "link_threshold": model.link_threshold})
     return evaluate_linking(model, entities, Matcher.of(entities.corpus), dev, frequent, minilm, cfg.evaluate.linking_sample,
-                            config, cfg.evaluate.linking_unambiguous_texts)
+                            config, cfg.evaluate.linking_unambiguous_texts, cfg.evaluate.decoder)
 
 
 def linking_baselines(kb: str, entities: Corpus, train: Iterable[Example], encode: Encode,

@@ -101,7 +101,7 @@ def test_minilm_linker_picks_the_candidate_nearest_the_text():
 @pytest.mark.timeout(120)
 def test_ours_on_gold_mentions_is_the_el_state_the_decoder_reaches_writing_them(tokenizer):
     from components import tokens as st
-    from components.config import GenerationConfig
+    from components.config import DecoderConfig, GenerationConfig
     from components.generation.decoder import InStreamDecoder, KnowledgeBase
     from components.generation.linking import link_texts
     from components.model.base import tiny_llama
@@ -117,7 +117,10 @@ def test_ours_on_gold_mentions_is_the_el_state_the_decoder_reaches_writing_them(
     f = model.formatter
     el = f.special[st.ENTITY]
     answer = [*f.text("The crane"), el, *f.text(" lifted the beam while a crane"), el, *f.text(" waded."), *sorted(f.eos_ids)[:1]]
-    decoder = InStreamDecoder(model, None, {"wikipedia": KnowledgeBase.of(index, index.corpus)})
+    # The model's own fp32 modules: `writes` forces tokens with hooks on them, and the states are
+    # compared with a teacher-forced fp32 pass.
+    decoder = InStreamDecoder(model, None, {"wikipedia": KnowledgeBase.of(index, index.corpus)},
+                              config=DecoderConfig(matmul_dtype="float32"))
     with writes(model, answer):
         (free,) = link_texts(decoder, [body], config=GenerationConfig(max_new_tokens=len(answer) + 2))
     vectors = gold_mention_vectors(model, index.corpus, [gold])

@@ -1,6 +1,6 @@
 import pytest
 
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.data.collate import pad_multiple, padded_length
 from components.generation.baselines import LMQueryEncoder, MiniLMQueryEncoder, PipelineRAG, gritlm_style
 from components.generation.decoder import InStreamDecoder
@@ -34,13 +34,16 @@ def restore(model):
 
 
 CFG = GenerationConfig(max_new_tokens=24, max_retrievals=2, top_k=1)
+# The model's own modules, not a bf16 copy (DecoderConfig's default where the CPU has bf16): the
+# spies and forced tokens here are hooks on them.
+OWN = DecoderConfig(matmul_dtype="float32")
 
 
 def test_pipeline_rag_re_prefills_the_whole_text_after_each_retrieval(setup):
     model, index, prompts = setup
-    in_stream = InStreamDecoder(model, index).generate([prompts[2]], CFG)[0]
+    in_stream = InStreamDecoder(model, index, config=OWN).generate([prompts[2]], CFG)[0]
     assert len(in_stream.hops) == 1
-    pipeline = PipelineRAG(model, ReplayIndex(index, in_stream.hops), LMQueryEncoder(model))
+    pipeline = PipelineRAG(model, ReplayIndex(index, in_stream.hops), LMQueryEncoder(model), decoder=OWN)
     widths = decoder_widths(model)
     try:
         out = pipeline.generate(prompts[2], CFG)
@@ -77,8 +80,8 @@ def test_pipeline_sends_the_sub_question_text_to_its_retriever(setup):
 
 def test_gritlm_style_embeds_each_sub_question_in_a_separate_pass(setup):
     model, index, prompts = setup
-    in_stream = InStreamDecoder(model, index).generate([prompts[0]], CFG)[0]
-    decoder = gritlm_style(model, ReplayIndex(index, in_stream.hops))
+    in_stream = InStreamDecoder(model, index, config=OWN).generate([prompts[0]], CFG)[0]
+    decoder = gritlm_style(model, ReplayIndex(index, in_stream.hops), OWN)
     widths = decoder_widths(model)
     try:
         out = decoder.generate([prompts[0]], CFG)[0]

@@ -5,12 +5,17 @@ import pytest
 import torch
 
 from components import tokens as st
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.generation.decoder import InStreamDecoder, KnowledgeBase
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import build_index
 from components.testing import forced_token
+
+# These tests pin down the decoder's algorithm as the model computes it, in fp32: against HF's
+# generate, a clean forward pass, each row alone. So they run the model's own modules (some also
+# hook or spy on them); DecoderConfig's other settings have their own tests (test_step_modules.py).
+OWN = DecoderConfig(matmul_dtype="float32")
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def clean_states(model: OneGenModel, tokens: list[int], positions: list[int]) ->
 
 def test_with_retrieval_off_the_tokens_equal_hf_generate(random_setup):
     model, index, prompts = random_setup
-    decoder = InStreamDecoder(model, index)
+    decoder = InStreamDecoder(model, index, config=OWN)
     eos = model.tokenizer.eos_token_id
     for prompt in prompts[:3]:
         ours = decoder.generate([prompt], GenerationConfig(max_new_tokens=32, retrieval=False))[0]
@@ -55,7 +60,7 @@ def test_with_retrieval_off_the_tokens_equal_hf_generate(random_setup):
 
 def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
     model, index, prompts = random_setup
-    decoder = InStreamDecoder(model, index)
+    decoder = InStreamDecoder(model, index, config=OWN)
     bias = {model.formatter.query_id: 8.0}  # this random model then searches at once, three times
     out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=12, logit_bias=bias, max_retrievals=3, top_k=1))[0]
     assert len(out.hops) == 3
@@ -74,7 +79,7 @@ def test_the_query_vector_equals_a_clean_forward_pass(random_setup):
 def test_a_trained_model_retrieves_the_gold_page_mid_answer(trained):
     tt, index, prompts = trained
     # one passage per hop, as the synthetic task was trained
-    out = InStreamDecoder(tt.model, index).generate(prompts[:12], GenerationConfig(max_new_tokens=24, top_k=1))
+    out = InStreamDecoder(tt.model, index, config=OWN).generate(prompts[:12], GenerationConfig(max_new_tokens=24, top_k=1))
     first_hops = [g.hops[0].doc_ids[0] if g.hops else None for g in out]
     gold = [e.positives[0][0] for e in tt.examples[:12]]
     assert sum(a == b for a, b in zip(first_hops, gold)) >= 10
@@ -85,7 +90,7 @@ def test_a_trained_model_retrieves_the_gold_page_mid_answer(trained):
 
 def test_batched_decoding_equals_decoding_each_alone(trained):
     tt, index, prompts = trained
-    decoder = InStreamDecoder(tt.model, index)
+    decoder = InStreamDecoder(tt.model, index, config=OWN)
     configs = [
         GenerationConfig(max_new_tokens=24),
         GenerationConfig(max_new_tokens=24, retrieval=False),
@@ -117,7 +122,7 @@ def test_batched_decoding_equals_decoding_each_alone(trained):
 
 def test_top_k_inserts_that_many_paragraphs(trained):
     tt, index, prompts = trained
-    out = InStreamDecoder(tt.model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=20, top_k=3))[0]
+    out = InStreamDecoder(tt.model, index, config=OWN).generate([prompts[0]], GenerationConfig(max_new_tokens=20, top_k=3))[0]
     opening = tt.model.formatter.special[st.PARAGRAPH_OPEN]
     assert len(out.hops) == 1 and len(out.hops[0].doc_ids) == 3
     assert out.stream.count(opening) == 3
@@ -126,7 +131,7 @@ def test_top_k_inserts_that_many_paragraphs(trained):
 
 def test_sampling_is_seeded_and_top_p_narrows_it(random_setup):
     model, index, prompts = random_setup
-    decoder = InStreamDecoder(model, index)
+    decoder = InStreamDecoder(model, index, config=OWN)
 
     def run(**kw):
         return decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=16, **kw))[0].generated
@@ -138,7 +143,7 @@ def test_sampling_is_seeded_and_top_p_narrows_it(random_setup):
 
 def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
     tt, index, prompts = trained
-    decoder = InStreamDecoder(tt.model, index)
+    decoder = InStreamDecoder(tt.model, index, config=OWN)
     full = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=24))[0].text
     stop = "is called"
     assert stop in full
@@ -157,7 +162,7 @@ def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_
     model, entities = random_model, crane_entities()
     index = build_index(model, entities)
     f, el = model.formatter, model.formatter.special[st.ENTITY]
-    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)})
+    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)}, config=OWN)
     prompt = f.prompt([{"role": "user", "content": "Link the entities in this text:\nThe crane and the Steel crane."}])
     written = [*f.text("The crane"), el, *f.text(" and the Steel"), el, *f.text(" crane"), el, *sorted(f.eos_ids)[:1]]
     with contextlib.ExitStack() as stack:
@@ -181,12 +186,12 @@ def test_an_index_built_by_another_model_is_refused(random_model, tokenizer):
 
     corpus, _ = synthetic_retrieval()
     with pytest.raises(ValueError, match="built by another model"):
-        InStreamDecoder(random_model, build_index(other, corpus))
+        InStreamDecoder(random_model, build_index(other, corpus), config=OWN)
 
 
 def test_the_context_limit_ends_an_answer_and_refuses_a_longer_prompt(tokenizer):
     model = OneGenModel.build(tiny_llama(tokenizer, max_position_embeddings=64), tokenizer).eval()
-    decoder = InStreamDecoder(model)
+    decoder = InStreamDecoder(model, config=OWN)
     prompt = model.formatter.prompt([{"role": "user", "content": "Hi"}])
     out = decoder.generate([prompt], GenerationConfig(max_new_tokens=500, retrieval=False))[0]
     assert out.finish_reason == "length" and len(prompt) + len(out.generated) <= 64 + 1
@@ -205,7 +210,7 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
 
     model.hf.get_decoder().forward = spy
     try:
-        out = InStreamDecoder(model, index).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
+        out = InStreamDecoder(model, index, config=OWN).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
     finally:
         del model.hf.get_decoder().forward
     passage = sum(len(model.formatter.passage(index.corpus[d])) for d in out.hops[0].doc_ids)
@@ -232,9 +237,9 @@ def test_a_passage_is_fed_apart_from_rows_decoding_one_token_with_the_same_resul
     runs = {}
     for split in (False, True):
         shapes.clear()
-        runs[split] = (InStreamDecoder(model, index, split_prefill=split).generate(chosen, configs), list(shapes))
+        runs[split] = (InStreamDecoder(model, index, split_prefill=split, config=OWN).generate(chosen, configs), list(shapes))
     (joint, joint_shapes), (apart, apart_shapes) = runs[False], runs[True]
-    alone = [InStreamDecoder(model, index).generate([p], c)[0] for p, c in zip(chosen, configs)]
+    alone = [InStreamDecoder(model, index, config=OWN).generate([p], c)[0] for p, c in zip(chosen, configs)]
     for a, b, c in zip(joint, apart, alone):
         assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason) == (c.generated, c.stream, c.finish_reason)
         for ha, hb in zip(a.hops, b.hops):
@@ -264,7 +269,7 @@ def test_compacting_the_cache_changes_nothing_but_its_width(trained, monkeypatch
     for threshold in (1.0, 0.0):  # never, always
         monkeypatch.setattr(decoder_module, "COMPACT_AT", threshold)
         widths.clear()
-        results[threshold] = (InStreamDecoder(tt.model, index).generate(chosen, GenerationConfig(max_new_tokens=24)), max(widths))
+        results[threshold] = (InStreamDecoder(tt.model, index, config=OWN).generate(chosen, GenerationConfig(max_new_tokens=24)), max(widths))
     (never, never_width), (always, always_width) = results[1.0], results[0.0]
     for a, b in zip(never, always):
         assert (a.generated, a.stream) == (b.generated, b.stream)

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 
 from components import tokens as st
-from components.config import GenerationConfig
+from components.config import DecoderConfig, GenerationConfig
 from components.data.linking import link_prompt
 from components.generation.decoder import InStreamDecoder, KnowledgeBase
 from components.generation.linking import link_config, link_texts
@@ -18,6 +18,9 @@ from components.testing import forced_token
 from tests.conftest import CRANES, crane_entities
 
 TEXT = "The crane lifted the beam while a crane waded."
+# The model's own modules, not a bf16 copy (DecoderConfig's default where the CPU has bf16): the
+# forced tokens here are hooks on them.
+OWN = DecoderConfig(matmul_dtype="float32")
 
 
 @contextlib.contextmanager
@@ -35,7 +38,7 @@ def setup(tokenizer):
     model = OneGenModel.build(tiny_llama(tokenizer, seed=1), tokenizer).eval()
     entities = crane_entities()
     index = build_index(model, entities)
-    return model, index, InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)})
+    return model, index, InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)}, config=OWN)
 
 
 def test_mentions_are_placed_in_order_and_linked_by_their_el_state(setup):

@@ -1,0 +1,72 @@
+"""What a decode step runs: the model's own decoder stack and LM head, or, as a `DecoderConfig`
+asks, a copy of them that shares the model's tensors but computes differently (bf16 matrix
+products, another attention kernel). The model itself is never changed: a server embeds queries
+and documents with it while the decoder runs on another thread.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from components.config import DecoderConfig
+from components.model import packed_linear
+from components.model.onegen import OneGenModel
+from components.model.precision import resolve
+
+
+@dataclass(frozen=True)
+class StepModules:
+    stack: nn.Module  # input ids → post-norm last-layer states, with a KV cache
+    head: nn.Module  # states → logits
+    matmul_dtype: torch.dtype  # what the config resolved to here
+    own: bool  # the model's own modules: hooks and patches on them apply (on a copy they do not)
+
+
+def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
+    """float32 or bfloat16, as `cfg.matmul_dtype` resolves on this model's device. A model with
+    LoRA adapters still in it keeps its own modules: its adapted layers are not plain linear layers.
+
+    On a CPU, "auto" is bf16 where oneDNN has the CPU's bf16 instructions. Measured on a 2-core
+    Xeon with AMX, quiet (bench/RESULTS.md, P4): one thread decodes 1.24x faster in bf16, two
+    threads 1.06x. oneDNN's packed bf16 product of one row is compute-bound (about 7 GB/s of
+    weights per core, where fp32's memory-bound one reads 10-11), so the second core's bandwidth
+    helps fp32 more; under another process's load, two threads stall at OpenMP barriers either way."""
+    if cfg.matmul_dtype == "float32" or hasattr(model.lm, "peft_config"):
+        return torch.float32
+    if cfg.matmul_dtype == "bfloat16":
+        return torch.bfloat16
+    device = model.device
+    if resolve("auto", device) != torch.bfloat16:
+        return torch.float32
+    if device.type == "cpu" and not packed_linear.available():
+        return torch.float32
+    return torch.bfloat16
+
+
+def step_modules(model: OneGenModel, cfg: DecoderConfig) -> StepModules:
+    stack, head = model.hf.get_decoder(), model.hf.get_output_embeddings()
+    dtype = matmul_dtype(model, cfg)
+    weights = head.weight.dtype
+    if (dtype == torch.float32 or (model.device.type != "cpu" and weights == torch.bfloat16)) and cfg.attn_implementation is None:
+        return StepModules(stack, head, dtype, own=True)
+    if dtype == torch.bfloat16 and model.device.type == "cpu":
+        stack = packed_linear.with_packed_linears(stack)
+        head = packed_linear.PackedHead(head, exact_ids=model.formatter.special.values())
+    elif dtype == torch.bfloat16 and weights != torch.bfloat16:  # a GPU's bf16 kernels need no packing
+        stack, head = copy.deepcopy(stack).to(torch.bfloat16), copy.deepcopy(head).to(torch.bfloat16)
+    else:
+        stack = _shared_copy(stack)
+    if cfg.attn_implementation is not None:
+        # The attention layers read the kernel's name from their config at every call: the copy's
+        # own config (a deep copy) is set, the model's is left as it was.
+        stack.config._attn_implementation = cfg.attn_implementation
+    return StepModules(stack.eval(), head.eval(), dtype, own=False)
+
+
+def _shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the model's own tensors."""
+    return copy.deepcopy(module, memo={id(t): t for t in (*module.parameters(), *module.buffers())})

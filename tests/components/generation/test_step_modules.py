@@ -1,0 +1,111 @@
+"""DecoderConfig: what a decode step runs, and that each setting is honoured. The decoder's
+algorithm itself (against HF's generate, a clean forward, each row alone) is pinned down in fp32 by
+test_decoder.py; here the bf16 path is held to the same properties within bf16's tolerance."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import DecoderConfig, GenerationConfig
+from components.generation.decoder import InStreamDecoder
+from components.generation.step_modules import matmul_dtype, step_modules
+from components.model import packed_linear
+from components.model.packed_linear import PackedHead, PackedLinear
+from components.retrieval.index import build_index
+from components.testing import forced_token
+
+FP32, BF16 = DecoderConfig(matmul_dtype="float32"), DecoderConfig(matmul_dtype="bfloat16")
+bf16_cpu = pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN bf16 on this CPU (e.g. AVX2 only)")
+
+
+@pytest.fixture(scope="module")
+def trained(trained_tiny):
+    index = build_index(trained_tiny.model, trained_tiny.corpus)
+    prompts = [trained_tiny.model.formatter.prompt(e.prompt) for e in trained_tiny.examples]
+    return trained_tiny.model, index, prompts
+
+
+def test_float32_runs_the_models_own_modules(tiny_model):
+    steps = step_modules(tiny_model, FP32)
+    assert steps.own and steps.matmul_dtype == torch.float32
+    assert steps.stack is tiny_model.hf.get_decoder() and steps.head is tiny_model.hf.get_output_embeddings()
+
+
+def test_auto_is_bf16_exactly_where_the_cpu_has_it(tiny_model):
+    expected = torch.bfloat16 if packed_linear.available() else torch.float32
+    assert DecoderConfig().matmul_dtype == "auto"
+    assert matmul_dtype(tiny_model, DecoderConfig()) == expected
+    assert matmul_dtype(tiny_model, DecoderConfig(matmul_dtype="bfloat16")) == torch.bfloat16
+
+
+@bf16_cpu
+def test_bf16_runs_a_packed_copy_and_leaves_the_model_as_it_was(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.hf.state_dict().items()}
+    steps = step_modules(tiny_model, BF16)
+    assert not steps.own and steps.matmul_dtype == torch.bfloat16
+    assert isinstance(steps.head, PackedHead)
+    assert isinstance(steps.stack.layers[0].mlp.down_proj, PackedLinear)
+    assert type(tiny_model.hf.get_decoder().layers[0].mlp.down_proj) is torch.nn.Linear
+    assert steps.stack.norm.weight is tiny_model.hf.get_decoder().norm.weight  # shared, not copied
+    after = tiny_model.hf.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
+
+
+def test_attn_implementation_is_set_on_the_copy_only(tiny_model):
+    steps = step_modules(tiny_model, DecoderConfig(matmul_dtype="float32", attn_implementation="eager"))
+    assert not steps.own and steps.stack.config._attn_implementation == "eager"
+    assert tiny_model.hf.config._attn_implementation == "sdpa"
+    assert steps.stack.layers[0].self_attn.q_proj.weight is tiny_model.hf.get_decoder().layers[0].self_attn.q_proj.weight
+    prompt = tiny_model.formatter.prompt([{"role": "user", "content": "Where was Ada Lovelace born?"}])
+    cfg = GenerationConfig(max_new_tokens=12, retrieval=False)
+    eager = InStreamDecoder(tiny_model, config=DecoderConfig(matmul_dtype="float32", attn_implementation="eager"))
+    assert eager.generate([prompt], cfg)[0].generated == InStreamDecoder(tiny_model, config=FP32).generate([prompt], cfg)[0].generated
+
+
+def test_threads_are_set_for_the_process(tiny_model):
+    threads = torch.get_num_threads()
+    try:
+        InStreamDecoder(tiny_model, config=DecoderConfig(matmul_dtype="float32", threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@bf16_cpu
+def test_a_hook_on_the_models_modules_is_refused_by_a_decoder_that_runs_a_copy(tiny_model):
+    decoder = InStreamDecoder(tiny_model, config=BF16)
+    prompt = tiny_model.formatter.prompt([{"role": "user", "content": "Hi"}])
+    with forced_token(tiny_model, 42, calls={0}), pytest.raises(RuntimeError, match="would not run"):
+        decoder.generate([prompt], GenerationConfig(max_new_tokens=2))
+    with forced_token(tiny_model, 42, calls={0}):  # the model's own modules: the hook applies
+        assert InStreamDecoder(tiny_model, config=FP32).generate([prompt], GenerationConfig(max_new_tokens=2, retrieval=False))[0].generated[0] == 42
+
+
+@bf16_cpu
+def test_bf16_answers_as_fp32_does_and_its_query_vectors_are_fp32s_within_bf16(trained):
+    model, index, prompts = trained
+    cfg = GenerationConfig(max_new_tokens=24, top_k=1)
+    fp32 = InStreamDecoder(model, index, config=FP32).generate(prompts[:12], cfg)
+    bf16 = InStreamDecoder(model, index, config=BF16).generate(prompts[:12], cfg)
+    for a, b in zip(fp32, bf16):
+        assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason)
+        assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
+        for ha, hb in zip(a.hops, b.hops):
+            assert float(np.dot(ha.vector, hb.vector)) >= 0.995
+    assert sum(len(g.hops) for g in bf16) >= 10
+
+
+@bf16_cpu
+def test_bf16_batched_decoding_equals_decoding_each_alone(trained):
+    model, index, prompts = trained
+    decoder = InStreamDecoder(model, index, config=BF16)
+    configs = [GenerationConfig(max_new_tokens=24), GenerationConfig(max_new_tokens=24, retrieval=False),
+               GenerationConfig(max_new_tokens=5), GenerationConfig(max_new_tokens=24, top_k=2),
+               GenerationConfig(max_new_tokens=24, temperature=0.8, seed=3)]
+    chosen = [prompts[i] for i in (0, 1, 2, 3, 4)]
+    together = decoder.generate(chosen, configs)
+    alone = [decoder.generate([p], c)[0] for p, c in zip(chosen, configs)]
+    for a, b in zip(alone, together):
+        assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason)
+        for ha, hb in zip(a.hops, b.hops):
+            assert ha.doc_ids == hb.doc_ids and float(np.dot(ha.vector, hb.vector)) >= 0.999

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torch import nn
+
+from components.model import packed_linear
+from components.model.packed_linear import PackedHead, PackedLinear, with_packed_linears
+
+pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN bf16 on this CPU (e.g. AVX2 only)")
+
+
+def test_a_packed_linear_computes_the_product_with_bf16_weights_in_the_inputs_type():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(3, 5, 96)
+    y = PackedLinear(linear)(x)
+    assert y.shape == (3, 5, 40) and y.dtype == torch.float32
+    # what it stands for: the product of bf16-rounded input and weights, accumulated in fp32
+    expected = x.bfloat16().float() @ linear.weight.bfloat16().float().T + linear.bias.bfloat16().float()
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(y, linear(x), atol=0.1, rtol=0.05)
+
+
+def test_the_packed_heads_top_logits_and_named_ids_are_the_models_own():
+    torch.manual_seed(0)
+    head = nn.Linear(64, 500, bias=False)
+    x = torch.randn(4, 64) * 3
+    exact = head(x)
+    y = PackedHead(head, exact_top=8, exact_ids=[7, 499])(x)
+    top = exact.topk(3, dim=-1).indices  # well inside the 8 recomputed (bf16 may reorder the 8th and 9th)
+    for ids in (top, torch.tensor([[7, 499]] * 4)):
+        torch.testing.assert_close(y.gather(1, ids), exact.gather(1, ids), atol=1e-5, rtol=1e-5)
+    assert torch.equal(y.argmax(-1), exact.argmax(-1))
+    assert (y - exact).abs().max() < 0.1  # the rest: bf16's rounding
+
+
+def test_the_copy_shares_everything_but_the_packed_weights_and_leaves_the_module_alone():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+    copy = with_packed_linears(module)
+    assert [type(m) for m in module] == [nn.Linear, nn.LayerNorm, nn.Linear]
+    assert [type(m) for m in copy] == [PackedLinear, nn.LayerNorm, PackedLinear]
+    assert copy[1].weight is module[1].weight  # shared, not copied
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(copy(x), module(x), atol=0.05, rtol=0.05)
+    assert type(with_packed_linears(module[0])) is PackedLinear
