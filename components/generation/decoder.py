@@ -232,32 +232,22 @@ class InStreamDecoder:
                 results[event.row] = event.generation
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts tensor versions)
     def stream(self, prompts: Sequence[Sequence[int]], configs: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig()) -> Iterator[Event]:
         """Decode together, yielding events as they happen (for streaming servers)."""
         if isinstance(configs, GenerationConfig):
             configs = [configs] * len(prompts)
-        rows = [self._new_row(i, p, c) for i, (p, c) in enumerate(zip(prompts, configs, strict=True))]
+        batch = self.batch()
+        for i, (prompt, cfg) in enumerate(zip(prompts, configs, strict=True)):
+            batch.join(i, prompt, cfg)
+        while batch.rows:
+            yield from batch.step()
+
+    def batch(self) -> Batch:
+        """An empty batch that rows join and leave between steps (continuous batching)."""
         if not self.steps.own:
             _refuse_patched(self.model)
         self.model.eval()
-        cache = DynamicCache()
-        mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.model.device)
-        live = list(rows)  # rows still decoding, in cache-batch order
-        while live:
-            hidden, logits, mask, seconds = self._forward(live, cache, mask)
-            mask = _compact(cache, mask)
-            events = self._advance(live, hidden, logits, seconds)
-            finished = [r for r in live if r.finish_reason is not None]
-            for row in finished:
-                events.append(Event(row.index, "done", generation=self._result(row)))
-            if finished:
-                keep = [i for i, r in enumerate(live) if r.finish_reason is None]
-                live = [live[i] for i in keep]
-                if live:  # drop finished rows from the cache: later steps do not pay for them
-                    cache.batch_select_indices(torch.tensor(keep, device=mask.device))
-                    mask = mask[keep]
-            yield from events
+        return Batch(self)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -602,6 +592,56 @@ class InStreamDecoder:
             timings=dict(row.timings, total_s=time.perf_counter() - row.started),
             logprobs=[e for e in row.logprobs if e.offset < len(row.text)] if row.cfg.logprobs else None,
         )
+
+
+class Batch:
+    """Rows decoding together, one forward per step for all of them. A row joins at any step
+    boundary: its cache slots so far are masked padding, and its prompt is its pending chunk,
+    prefilled in the next step beside the other rows' decode tokens (as a passage is). A finished
+    row leaves at once, and its slots with it. Each row computes exactly what it would alone."""
+
+    def __init__(self, decoder: InStreamDecoder):
+        self.decoder = decoder
+        self.rows: list[_Row] = []  # still decoding, in cache-batch order
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cache = DynamicCache()
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.decoder.model.device)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in flight: what the rows hold in the cache, and what they feed next."""
+        return sum(r.length + len(r.pending) for r in self.rows)
+
+    def join(self, key: int, prompt: Sequence[int], cfg: GenerationConfig) -> None:
+        """Add a row (its events carry `key`); a bad prompt or config raises here, before any step."""
+        row = self.decoder._new_row(key, prompt, cfg)
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((1, self.mask.shape[1]))])
+        for layer in self.cache.layers:
+            if layer.is_initialized and layer.keys.numel():
+                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((1, *layer.keys.shape[1:]))])
+                layer.values = torch.cat([layer.values, layer.values.new_zeros((1, *layer.values.shape[1:]))])
+        self.rows.append(row)
+
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts tensor versions)
+    def step(self) -> list[Event]:
+        """One forward of every row; the events it makes, each finished row's "done" last."""
+        decoder, live = self.decoder, self.rows
+        hidden, logits, self.mask, seconds = decoder._forward(live, self.cache, self.mask)
+        self.mask = _compact(self.cache, self.mask)
+        events = decoder._advance(live, hidden, logits, seconds)
+        finished = [r for r in live if r.finish_reason is not None]
+        events += [Event(r.index, "done", generation=decoder._result(r)) for r in finished]
+        if finished:
+            keep = [i for i, r in enumerate(live) if r.finish_reason is None]
+            self.rows = [live[i] for i in keep]
+            if not self.rows:
+                self._reset()
+            else:  # drop finished rows from the cache: later steps do not pay for them
+                self.cache.batch_select_indices(torch.tensor(keep, device=self.mask.device))
+                self.mask = self.mask[keep]
+        return events
 
 
 class TokenBytes:

@@ -289,7 +289,7 @@ def reference_logits(model: OneGenModel, prompt: list[int], generated: list[int]
 
 def test_penalties_subtract_openai_s_amounts_from_the_answer_s_own_tokens(random_setup):
     model, index, prompts = random_setup
-    decoder = InStreamDecoder(model, index)
+    decoder = InStreamDecoder(model, index, config=OWN)
     plain = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=16, retrieval=False))[0].generated
     assert len(set(plain)) < len(plain)  # this random model repeats itself when greedy ...
     config = GenerationConfig(max_new_tokens=16, retrieval=False, frequency_penalty=0.7, presence_penalty=0.4)
@@ -309,7 +309,7 @@ def test_penalties_subtract_openai_s_amounts_from_the_answer_s_own_tokens(random
 def test_greedy_logprobs_are_the_log_softmax_of_the_model_s_logits(random_setup):
     model, index, prompts = random_setup
     config = GenerationConfig(max_new_tokens=12, retrieval=False, logprobs=True, top_logprobs=5)
-    out = InStreamDecoder(model, index).generate([prompts[1]], config)[0]
+    out = InStreamDecoder(model, index, config=OWN).generate([prompts[1]], config)[0]
     reference = torch.log_softmax(reference_logits(model, prompts[1], out.generated), dim=-1)
     assert [e.id for e in out.logprobs] == out.generated  # no EOS in 12 tokens: every token shows text
     for entry, expected in zip(out.logprobs, reference):
@@ -328,14 +328,14 @@ def test_logprobs_are_of_the_biased_distribution_the_token_was_drawn_from(random
     model, index, prompts = random_setup
     target = model.tokenizer.encode(" horse", add_special_tokens=False)[0]
     config = GenerationConfig(max_new_tokens=3, retrieval=False, logprobs=True, top_logprobs=2, logit_bias={target: 30.0})
-    out = InStreamDecoder(model, index).generate([prompts[0]], config)[0]
+    out = InStreamDecoder(model, index, config=OWN).generate([prompts[0]], config)[0]
     assert out.generated == [target] * 3
     assert all(e.logprob > -1e-3 and e.top[0].id == target and len(e.top) == 2 for e in out.logprobs)
 
 
 def test_streamed_logprobs_are_the_answer_s_and_passages_carry_none(trained):
     tt, index, prompts = trained
-    decoder = InStreamDecoder(tt.model, index)
+    decoder = InStreamDecoder(tt.model, index, config=OWN)
     config = GenerationConfig(max_new_tokens=24, logprobs=True, top_logprobs=1)
     whole = decoder.generate([prompts[0]], config)[0]
     assert len(whole.hops) == 1 and whole.finish_reason == "stop"
@@ -349,3 +349,47 @@ def test_streamed_logprobs_are_the_answer_s_and_passages_carry_none(trained):
     assert streamed == done.logprobs and done.logprobs == whole.logprobs[: len(done.logprobs)]
     assert "".join(e.text for e in streamed).startswith(done.text) and stop not in "".join(e.text for e in streamed)
     assert all(e.offset < len(done.text) for e in streamed)
+
+
+def test_a_row_that_joins_mid_flight_decodes_as_it_would_alone_or_in_a_static_batch(random_setup):
+    """Continuous batching: rows join a running batch at step boundaries (their prompt prefilled
+    beside the others' decode tokens) and leave when done; nothing a row computes changes."""
+    model, index, prompts = random_setup
+    rq = {model.formatter.query_id: 1e4}  # retrieve at once, then [RQ] is suppressed
+    configs = [GenerationConfig(max_new_tokens=14, logit_bias=rq), GenerationConfig(max_new_tokens=6, retrieval=False),
+               GenerationConfig(max_new_tokens=10, logit_bias=rq, top_k=2), GenerationConfig(max_new_tokens=9)]
+    chosen = prompts[:4]
+    decoder = InStreamDecoder(model, index, config=OWN)
+    alone = [decoder.generate([p], c)[0] for p, c in zip(chosen, configs)]
+    static = decoder.generate(chosen, configs)
+    batch, done, widths = decoder.batch(), {}, []
+    joins = {0: [0], 3: [1, 2], 8: [3]}  # step → rows joining before it: row 1 finishes before row 3 joins
+    step = 0
+    while step in joins or batch.rows or step < max(joins):
+        for i in joins.get(step, []):
+            batch.join(i, chosen[i], configs[i])
+        widths.append(len(batch.rows))
+        done |= {e.row: e.generation for e in batch.step() if e.kind == "done"}
+        step += 1
+    assert widths[:4] == [1, 1, 1, 3] and 3 in done and batch.tokens == 0
+    for i, (a, s) in enumerate(zip(alone, static)):
+        joined = done[i]
+        assert (joined.generated, joined.stream, joined.finish_reason) == (a.generated, a.stream, a.finish_reason) == (s.generated, s.stream, s.finish_reason)
+        assert [h.doc_ids for h in joined.hops] == [h.doc_ids for h in a.hops] == [h.doc_ids for h in s.hops]
+        for hj, ha, hs in zip(joined.hops, a.hops, s.hops):
+            np.testing.assert_allclose(hj.vector, ha.vector, atol=1e-5)
+            np.testing.assert_allclose(hs.vector, ha.vector, atol=1e-5)
+    assert [len(g.hops) for g in alone] == [1, 0, 1, 0]
+
+
+def test_a_bad_prompt_is_refused_when_it_joins_and_the_batch_goes_on(random_setup):
+    model, index, prompts = random_setup
+    batch = InStreamDecoder(model, index, config=OWN).batch()
+    batch.join(0, prompts[0], GenerationConfig(max_new_tokens=3, retrieval=False))
+    batch.step()
+    with pytest.raises(ValueError, match="prompt 7 is empty"):
+        batch.join(7, [], GenerationConfig())
+    events = []
+    while batch.rows:
+        events += batch.step()
+    assert [e.row for e in events if e.kind == "done"] == [0]
