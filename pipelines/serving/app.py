@@ -19,6 +19,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +29,8 @@ from ray import serve
 
 from components.config import FrozenConfig, GenerationConfig
 from components.data.corpus import Corpus
-from components.generation.batcher import Batcher
+from components.generation.batcher import Batcher, Overloaded
+from components.generation.batcher import Request as DecodeRequest
 from components.generation.decoder import Event, InStreamDecoder, KnowledgeBase
 from components.generation.linking import check_target, copy_budget, link_config, link_prompts, load_knowledge_bases, mentions
 from components.model.onegen import OneGenModel
@@ -48,7 +50,13 @@ class ServeArgs(FrozenConfig):
     num_replicas: PositiveInt = 1
     replica_cpus: PositiveFloat = 1.0
     faiss_cpus: PositiveFloat = 0.5
-    max_batch: PositiveInt = 8
+    max_batch: PositiveInt = Field(8, description="rows decoding together (requests × n)")
+    max_tokens_in_flight: PositiveInt = Field(16384, description="tokens the running rows may hold in the KV cache; a "
+                                              "request joins when its prompt fits beside them")
+    max_waiting: PositiveInt = Field(64, description="requests waiting to join; more get 429 with Retry-After at once")
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: a request joins the running batch at the next decode step; static: "
+                                  "only an empty batch (each batch runs to its end; the baseline bench.serve_latency compares)")
     max_tokens_limit: PositiveInt = 512
     poll_interval_s: float = Field(30.0, ge=0)  # follow the registry alias; 0: never
     api_key_env: str | None = None  # name of the environment variable holding the bearer key
@@ -218,7 +226,9 @@ class OneGenServer:
         self.loads = 0
         self.current = self._load()
         self.served_name = self.args.served_name or _default_name(self.args)
-        self.batcher = Batcher(lambda: self.current.decoder, max_batch=self.args.max_batch).start()
+        a = self.args
+        self.batcher = Batcher(lambda: self.current.decoder, max_batch=a.max_batch, max_tokens=a.max_tokens_in_flight,
+                               max_waiting=a.max_waiting, static=a.batching == "static").start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
         if self.args.model_uri and self.args.poll_interval_s > 0:
             threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
@@ -359,12 +369,17 @@ class OneGenServer:
         return _completion(await _done(events, body.n), body, self.served_name)
 
     def _submit(self, prompt: list[int], configs: list[GenerationConfig]) -> asyncio.Queue:
-        """Queue one row per config (a choice) on the batcher: submitted together, they share a
-        batch. Each row's events (or the exception that ended it) arrive as (choice, event)."""
+        """Queue one row per config (a choice) on the batcher, all or none: a full queue is a 429.
+        Each row's events (or the exception that ended it) arrive as (choice, event)."""
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        for choice, config in enumerate(configs):
-            self.batcher.submit(prompt, config, lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e)))
+        rows = [DecodeRequest(prompt, config, lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e)))
+                for choice, config in enumerate(configs)]
+        try:
+            self.batcher.submit(*rows)
+        except Overloaded as busy:
+            raise api.ApiError(429, f"this replica is busy: {busy}", code="rate_limit_exceeded",
+                               headers={"Retry-After": str(busy.retry_after_s)}) from None
         return events
 
     def _configs(self, body, prompt_tokens: int) -> list[GenerationConfig]:

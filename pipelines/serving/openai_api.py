@@ -25,15 +25,16 @@ NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 class ApiError(Exception):
     """A request the server refuses, with the status and OpenAI error fields to answer with."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
+        self.kind = kind or {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+        self.headers = {"WWW-Authenticate": "Bearer"} if status == 401 else headers
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class _Request(BaseModel):

@@ -415,3 +415,37 @@ def test_llamaindex_openai_like_embeddings(server, trained_tiny):
     texts = ["the green cat", "a dog"]
     np.testing.assert_allclose(embed.get_text_embedding_batch(texts), trained_tiny.model.embed_queries(texts).numpy(), atol=1e-5)
     np.testing.assert_allclose(embed.get_query_embedding("a dog"), trained_tiny.model.embed_queries(["a dog"])[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.timeout(180)
+def test_a_full_queue_answers_429_with_retry_after_at_once(server, trained_tiny, tmp_path):
+    """A replica of one row and one waiting request: the others of a burst are refused at once
+    (OpenAI's rate-limit error and Retry-After, which its clients honour), not left to time out."""
+    from ray import serve
+
+    from pipelines.serving.app import deployment
+
+    trained_tiny.model.save_pretrained(tmp_path / "model")
+    args = {"model_dir": str(tmp_path / "model"), "served_name": NAME, "max_batch": 1, "max_waiting": 1, "replica_cpus": 0.25}
+    serve.run(deployment(args), name="onegen-busy", route_prefix="/busy", blocking=False)
+    busy = f"{server}/busy"
+    _wait_healthy(busy)
+
+    async def burst() -> list[httpx.Response]:
+        body = {"model": NAME, "messages": ask("red cat"), "max_tokens": 64, "temperature": 0,
+                "retrieval": {"enabled": False}, "logit_bias": {str(trained_tiny.model.tokenizer.eos_token_id): -100}}
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await asyncio.gather(*(http.post(f"{busy}/v1/chat/completions", json=body) for _ in range(8)))
+
+    try:
+        answers = asyncio.run(burst())
+    finally:
+        serve.delete("onegen-busy")
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) == {200, 429}
+    for r in answers:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1 and r.elapsed.total_seconds() < 5
+            assert r.json()["error"]["type"] == "rate_limit_error" and "busy" in r.json()["error"]["message"]
+        else:
+            assert r.json()["usage"]["completion_tokens"] == 64
