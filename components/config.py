@@ -196,6 +196,6 @@ class DecoderConfig(FrozenConfig):
                           "(HF's default, sdpa)",
     )
     threads: PositiveInt | None = Field(
-        None, description="torch CPU threads, set for the whole process when the decoder is made; None: as the process "
-                          "has them (a Ray replica of 1 CPU has 1)",
+        None, description="torch CPU threads of the thread that decodes, set when a batch starts (OpenMP's count is "
+                          "each thread's own); None: as that thread has them",
     )

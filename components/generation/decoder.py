@@ -206,8 +206,6 @@ class InStreamDecoder:
         self.knowledge_bases = knowledge_bases
         self.split_prefill = split_prefill
         self.config = config
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
         # What the steps run: the model's own stack and head, or (DecoderConfig) a copy of them
         # sharing its tensors, e.g. with bf16 matrix products; made once, here.
         self.steps = step_modules(model, config)
@@ -243,7 +241,13 @@ class InStreamDecoder:
             yield from batch.step()
 
     def batch(self) -> Batch:
-        """An empty batch that rows join and leave between steps (continuous batching)."""
+        """An empty batch that rows join and leave between steps (continuous batching), to be
+        stepped on the calling thread."""
+        if self.config.threads is not None:
+            # OpenMP keeps a thread count per thread: set it on the one that decodes. A server runs
+            # every other thread at 1 (bench.serve_latency: a second thread's 2-thread team makes
+            # libgomp see more threads than cores and stop spinning, and a step then runs 1.7x slower).
+            torch.set_num_threads(self.config.threads)
         if not self.steps.own:
             _refuse_patched(self.model)
         self.model.eval()

@@ -27,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from ray import serve
 
-from components.config import FrozenConfig, GenerationConfig
+from components.config import DecoderConfig, FrozenConfig, GenerationConfig
 from components.data.corpus import Corpus
 from components.generation.batcher import Batcher, Overloaded
 from components.generation.batcher import Request as DecodeRequest
@@ -54,6 +54,8 @@ class ServeArgs(FrozenConfig):
     max_tokens_in_flight: PositiveInt = Field(16384, description="tokens the running rows may hold in the KV cache; a "
                                               "request joins when its prompt fits beside them")
     max_waiting: PositiveInt = Field(64, description="requests waiting to join; more get 429 with Retry-After at once")
+    decoder: DecoderConfig = Field(DecoderConfig(), description="how the replica computes decode steps; threads None: "
+                                                              "the replica's CPUs (at least 1)")
     batching: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: a request joins the running batch at the next decode step; static: "
                                   "only an empty batch (each batch runs to its end; the baseline bench.serve_latency compares)")
@@ -245,7 +247,12 @@ class OneGenServer:
                 self.faiss = FaissHost(self.args.faiss_cpus, self.faiss_name)
             self.loads += 1
             index = self.faiss.open(f"{version}#{self.loads}", str(index_dir), model.fingerprint())
-        return Loaded(version, model, InStreamDecoder(model, index, self._knowledge_bases(index, index_dir)), index)
+        decoder = InStreamDecoder(model, index, self._knowledge_bases(index, index_dir), config=self._decoder_config())
+        return Loaded(version, model, decoder, index)
+
+    def _decoder_config(self) -> DecoderConfig:
+        cfg = self.args.decoder
+        return cfg if cfg.threads else cfg.model_copy(update={"threads": max(1, int(self.args.replica_cpus))})
 
     def _knowledge_bases(self, index: RemoteIndex | None, index_dir: str | None) -> dict[str, KnowledgeBase]:
         """The corpus (the vital articles are the named entities) and every entity index saved
@@ -301,7 +308,10 @@ class OneGenServer:
 
     @app.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version}
+        steps = self.current.decoder.steps
+        return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version,
+                "decoder": {"matmul_dtype": str(steps.matmul_dtype).removeprefix("torch."), "threads": self.current.decoder.config.threads,
+                            "batching": self.args.batching}}  # fmt: skip
 
     @app.get("/v1/models")
     def models(self) -> dict:
@@ -433,9 +443,11 @@ class OneGenServer:
 def deployment(args: dict, runtime_env: dict | None = None) -> serve.Application:
     """The bound application: one placement group per replica, replica in bundle 0, FAISS in 1."""
     cfg = ServeArgs.model_validate(args)
-    actor_options = {"num_cpus": cfg.replica_cpus}  # all of bundle 0
-    if runtime_env:
-        actor_options["runtime_env"] = runtime_env
+    # Every thread of the replica runs torch on one OpenMP thread but the one that decodes (DecoderConfig
+    # threads): an idle 2-thread team on another thread makes libgomp stop spinning, and decode slows 1.7x.
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {"OMP_NUM_THREADS": "1", **runtime_env.get("env_vars", {})}
+    actor_options = {"num_cpus": cfg.replica_cpus, "runtime_env": runtime_env}  # all of bundle 0
     return OneGenServer.options(
         num_replicas=cfg.num_replicas,
         ray_actor_options=actor_options,

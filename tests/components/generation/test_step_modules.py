@@ -62,13 +62,21 @@ def test_attn_implementation_is_set_on_the_copy_only(tiny_model):
     assert eager.generate([prompt], cfg)[0].generated == InStreamDecoder(tiny_model, config=FP32).generate([prompt], cfg)[0].generated
 
 
-def test_threads_are_set_for_the_process(tiny_model):
-    threads = torch.get_num_threads()
-    try:
-        InStreamDecoder(tiny_model, config=DecoderConfig(matmul_dtype="float32", threads=1))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+def test_threads_are_set_on_the_thread_that_decodes(tiny_model):
+    import threading
+
+    decoder = InStreamDecoder(tiny_model, config=DecoderConfig(matmul_dtype="float32", threads=1))
+    seen = []
+
+    def decode():
+        torch.set_num_threads(2)
+        decoder.batch()
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join()
+    assert seen == [1]
 
 
 @bf16_cpu
