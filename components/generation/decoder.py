@@ -36,13 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from components import tokens as st
 from components.config import DecoderConfig, GenerationConfig
 from components.data.aliases import Matcher, continues_word
 from components.data.schema import Document
+from components.generation.kv_cache import new_cache, plain_layers
 from components.generation.step_modules import step_modules
 from components.model.onegen import OneGenModel
 
@@ -258,33 +258,36 @@ class InStreamDecoder:
     def _forward(self, live: list[_Row], cache: DynamicCache, mask: torch.Tensor):
         """Feed every live row its pending tokens; last-slot states and logits.
 
-        Rows that prefill (a passage) and rows that decode one token go through separate forwards
+        Rows that prefill (a prompt or a passage) and rows that decode one token are fed apart
         when the batch mixes them: one forward pads every row to the widest, so a 300-token passage
         inserted into one answer would cost the whole batch 300 tokens each (bench.staggered_hops:
         16 answers, 15 retrieving on their own steps, 165 s fed together, 31 s apart)."""
         started = time.perf_counter()
         prefill = [b for b, r in enumerate(live) if len(r.pending) > 1]
-        if self.split_prefill and 0 < len(prefill) < len(live) and _splittable(cache, mask):
-            decode = [b for b in range(len(live)) if len(live[b].pending) == 1]
-            hidden, mask = self._feed_groups(live, cache, mask, [prefill, decode])
+        if self.split_prefill and 0 < len(prefill) < len(live) and mask.shape[1] > 0 and plain_layers(cache):
+            hidden, mask = self._feed_apart(live, cache, mask, prefill)
         else:
             hidden, mask = self._feed(live, cache, mask)
         logits = self.head(hidden).float()
         return hidden, logits, mask, time.perf_counter() - started
 
-    def _feed(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward of `rows`, pending tokens right-aligned; their last states and the new mask."""
-        width = max(len(r.pending) for r in rows)
+    def _feed(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor,
+              chunks: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of `rows`, their pending tokens (or `chunks`) right-aligned; their last
+        states and the new mask. An empty chunk is one masked slot."""
+        chunks = [r.pending for r in rows] if chunks is None else chunks
+        width = max(1, *(len(c) for c in chunks))
         device = mask.device
         ids = torch.full((len(rows), width), self.model.formatter.pad_id, dtype=torch.long)
         step_mask = torch.zeros((len(rows), width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            n = len(row.pending)
-            ids[b, width - n :] = torch.tensor(row.pending)
-            step_mask[b, width - n :] = 1
+        for b, (row, chunk) in enumerate(zip(rows, chunks)):
+            n = len(chunk)
             positions[b] = row.length  # padding slots: any position, they are masked
-            positions[b, width - n :] = torch.arange(row.length, row.length + n)
+            if n:
+                ids[b, width - n :] = torch.tensor(chunk)
+                step_mask[b, width - n :] = 1
+                positions[b, width - n :] = torch.arange(row.length, row.length + n)
         mask = torch.cat([mask, step_mask.to(device)], dim=1)
         out = self.stack(
             input_ids=ids.to(device),
@@ -295,32 +298,28 @@ class InStreamDecoder:
         )
         return out.last_hidden_state[:, -1], mask  # the last slot is every row's last real token
 
-    def _feed_groups(self, live: list[_Row], cache: DynamicCache, mask: torch.Tensor, groups: list[list[int]]):
-        """`_feed` per group of rows on its own slice of the cache, then the slices merged back
-        exactly as one forward would have left them: each row's new slots right-aligned, the
-        narrower groups' extra slots masked padding (zeros, never attended)."""
-        old = mask.shape[1]
-        fed = []  # per group: its rows, their last states, their new mask slots, their cache slice
-        for group in groups:
-            index = torch.tensor(group, device=mask.device)
-            part = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
-            hidden, part_mask = self._feed([live[b] for b in group], part, mask[index])
-            fed.append((index, hidden, part_mask[:, old:], part))
-        width = max(new.shape[1] for _, _, new, _ in fed)
-        merged_mask = torch.cat([mask, mask.new_zeros((len(live), width))], dim=1)
-        hidden = fed[0][1].new_empty((len(live), fed[0][1].shape[1]))
-        for index, part_hidden, new, _ in fed:
-            merged_mask[index, old + width - new.shape[1] :] = new
-            hidden[index] = part_hidden
-        for n, layer in enumerate(cache.layers):
-            for name in ("keys", "values"):
-                whole = getattr(layer, name)
-                grown = whole.new_zeros((*whole.shape[:2], old + width, whole.shape[3]))
-                grown[:, :, :old] = whole
-                for index, _, new, part in fed:
-                    grown[index, :, old + width - new.shape[1] :] = getattr(part.layers[n], name)[:, :, old:]
-                setattr(layer, name, grown)
-        return hidden, merged_mask
+    def _feed_apart(self, live: list[_Row], cache: DynamicCache, mask: torch.Tensor, prefill: list[int]):
+        """The decoding rows' tokens in one forward on the whole cache, in place (the prefilling
+        rows take a masked slot in it); then the prefilling rows alone on a copy of their own rows
+        of the cache, and the slots they filled appended to the whole cache, masked padding for the
+        others. Attention depends on the mask and on keys that carry their rotary positions, not on
+        where a slot sits, so each row computes what it would in one forward."""
+        prefilling = set(prefill)
+        hidden, mask = self._feed(live, cache, mask, [[] if b in prefilling else r.pending for b, r in enumerate(live)])
+        index, old = torch.tensor(prefill, device=mask.device), mask.shape[1]
+        part = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+        part_hidden, part_mask = self._feed([live[b] for b in prefill], part, mask[index])
+        hidden[index] = part_hidden
+        mask = torch.cat([mask, mask.new_zeros((len(live), part_mask.shape[1] - old))], dim=1)
+        mask[index, old:] = part_mask[:, old:]
+        for layer, fed in zip(cache.layers, part.layers):
+            new = []
+            for slots in (fed.keys[:, :, old:], fed.values[:, :, old:]):
+                whole = slots.new_zeros((len(live), *slots.shape[1:]))
+                whole[index] = slots
+                new.append(whole)
+            layer.update(*new)  # appended: into a SpareLayer's room, without copying the past
+        return hidden, mask
 
     def _advance(self, live: list[_Row], hidden: torch.Tensor, logits: torch.Tensor, seconds: float) -> list[Event]:
         events: list[Event] = []
@@ -610,7 +609,7 @@ class Batch:
         self._reset()
 
     def _reset(self) -> None:
-        self.cache = DynamicCache()
+        self.cache = new_cache()
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.decoder.model.device)
 
     @property
@@ -701,17 +700,12 @@ def _hold_back(text: str, stops: Sequence[str]) -> str:
 COMPACT_AT = 0.5
 
 
-def _splittable(cache: DynamicCache, mask: torch.Tensor) -> bool:
-    """Can rows be fed on slices of this cache? Plain per-token layers that hold something."""
-    return mask.shape[1] > 0 and all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
 def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     """Drop padding slots shared by the whole batch; returns the new attention mask."""
     width = int(mask.sum(1).max())
     if mask.numel() == 0 or 1 - mask.sum().item() / mask.numel() <= COMPACT_AT or width == mask.shape[1]:
         return mask
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # sliding windows etc.: leave as is
+    if not plain_layers(cache):  # sliding windows etc.: leave as is
         return mask
     # Stable sort puts each row's padding first and its real slots last, both in order.
     keep = torch.argsort(mask, dim=1, stable=True)[:, -width:]
