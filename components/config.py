@@ -195,6 +195,11 @@ class DecoderConfig(FrozenConfig):
         None, description="the attention kernel while decoding (on a copy of the modules); None: the model's own "
                           "(HF's default, sdpa)",
     )
+    reuse_lead_in: bool = Field(
+        True, description="prefill the chat template's fixed lead-in (what every chat prompt starts with: the system "
+                          "prompt and the user turn's header) once per decoder, and give every row whose prompt starts "
+                          "with it those keys and values instead of computing them again",
+    )
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads of the thread that decodes, set when a batch starts (OpenMP's count is "
                           "each thread's own); None: as that thread has them",

@@ -80,7 +80,9 @@ class PipelineRAG:
         if index.fingerprint != query_encoder.fingerprint:
             raise ValueError(f"the index was built by {index.fingerprint}, not by the query encoder {query_encoder.fingerprint}")
         self.generator = generator
-        self.decoder = InStreamDecoder(generator, config=decoder)  # no index: [RQ] is a token it stops on
+        # No index: [RQ] is a token it stops on. No lead-in reuse either: each call is a new request
+        # to a generator that keeps nothing between them.
+        self.decoder = InStreamDecoder(generator, config=decoder.model_copy(update={"reuse_lead_in": False}))
         self.index = index
         self.query_encoder = query_encoder
         self.query_from = query_from

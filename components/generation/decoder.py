@@ -42,7 +42,7 @@ from components import tokens as st
 from components.config import DecoderConfig, GenerationConfig
 from components.data.aliases import Matcher, continues_word
 from components.data.schema import Document
-from components.generation.kv_cache import new_cache, plain_layers
+from components.generation.kv_cache import add_row, lead_in_kv, new_cache, plain_layers
 from components.generation.step_modules import step_modules
 from components.model.onegen import OneGenModel
 
@@ -219,6 +219,7 @@ class InStreamDecoder:
         self.vocab_size = model.hf.get_output_embeddings().weight.shape[0]  # valid token ids: below this
         self.max_context = getattr(model.hf.config.get_text_config(), "max_position_embeddings", None)
         self.token_bytes = TokenBytes(model.tokenizer)
+        self.lead_in: tuple[list[int], list] | None = None  # ids and their keys and values, made by the first batch
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -251,7 +252,16 @@ class InStreamDecoder:
         if not self.steps.own:
             _refuse_patched(self.model)
         self.model.eval()
+        if self.config.reuse_lead_in and self.lead_in is None:
+            with torch.inference_mode():
+                self.lead_in = (ids := self._lead_in_ids(), lead_in_kv(self.stack, ids, self.model.device) if ids else [])
         return Batch(self)
+
+    def _lead_in_ids(self) -> list[int]:
+        """What every chat prompt starts with: the tokens two prompts with nothing in common share."""
+        one, other = (self.model.formatter.prompt([{"role": "user", "content": text}]) for text in ("a", "Zq 7"))
+        shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
+        return one[:shared]
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -620,11 +630,12 @@ class Batch:
     def join(self, key: int, prompt: Sequence[int], cfg: GenerationConfig) -> None:
         """Add a row (its events carry `key`); a bad prompt or config raises here, before any step."""
         row = self.decoder._new_row(key, prompt, cfg)
-        self.mask = torch.cat([self.mask, self.mask.new_zeros((1, self.mask.shape[1]))])
-        for layer in self.cache.layers:
-            if layer.is_initialized and layer.keys.numel():
-                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((1, *layer.keys.shape[1:]))])
-                layer.values = torch.cat([layer.values, layer.values.new_zeros((1, *layer.values.shape[1:]))])
+        ids, kv = self.decoder.lead_in or ([], [])
+        if ids and len(prompt) > len(ids) and list(prompt[: len(ids)]) == ids and plain_layers(self.cache):
+            self.mask = add_row(self.cache, self.mask, kv)  # the lead-in is on the cache already
+            row.length, row.pending = len(ids), row.pending[len(ids) :]
+        else:
+            self.mask = add_row(self.cache, self.mask)
         self.rows.append(row)
 
     @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts tensor versions)

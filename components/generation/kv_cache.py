@@ -57,6 +57,21 @@ class SpareLayer(DynamicLayer):
         self._filled = (end, end)
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices`, room included (a finished row leaves: one copy, none later)."""
+        if self.get_seq_length() > 0:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+
+    def add_row(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """One more row at the end ([1, heads, filled, head dim]), into a copy with room."""
+        room = max(self._keys.shape[-2], self._filled[0] + MIN_ROOM)
+        for name, row in (("_keys", keys), ("_values", values)):
+            old = getattr(self, name)
+            grown = old.new_empty((old.shape[0] + 1, old.shape[1], room, old.shape[3]))
+            grown[:-1, :, : self._filled[0]] = old[:, :, : self._filled[0]]
+            grown[-1:, :, : self._filled[0]] = row
+            setattr(self, name, grown)
+
     def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, need: int) -> None:
         room = max(need + MIN_ROOM, need * 3 // 2)
         keys = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[3]))
@@ -81,3 +96,45 @@ def new_cache() -> DynamicCache:
 def plain_layers(cache: DynamicCache) -> bool:
     """Every layer holds every slot (no sliding window): rows may be sliced, merged and compacted."""
     return all(type(layer) in (DynamicLayer, SpareLayer) for layer in cache.layers)
+
+
+def lead_in_kv(stack, ids: list[int], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of `ids` fed alone from position 0, per layer, [1, heads, len(ids), head dim]."""
+    cache = DynamicCache()
+    stack(input_ids=torch.tensor([ids], device=device), position_ids=torch.arange(len(ids), device=device)[None],
+          past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def add_row(cache: DynamicCache, mask: torch.Tensor, lead: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Room for one more row at the end of the batch: masked padding slots, with `lead`'s keys and
+    values (per layer, [1, heads, L, head dim]) in its last L slots when given. Returns the new mask."""
+    rows, width = mask.shape
+    filled = 0 if lead is None else lead[0][0].shape[-2]
+    if lead is not None and not cache.layers:  # nothing fed yet: layers of padding for the rows there are
+        for i, (keys, values) in enumerate(lead):
+            cache.update(keys.new_zeros((rows, keys.shape[1], width, keys.shape[3])),
+                         values.new_zeros((rows, values.shape[1], width, values.shape[3])), i)
+    if filled > width:  # the others get padding on the left, where it changes nothing
+        mask = torch.cat([mask.new_zeros((rows, filled - width)), mask], dim=1)
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                setattr(layer, name, torch.cat([tensor.new_zeros((*tensor.shape[:2], filled - width, tensor.shape[3])), tensor], dim=2))
+        width = filled
+    row = mask.new_zeros((1, width))
+    if filled:
+        row[0, width - filled :] = 1
+    for n, layer in enumerate(cache.layers):
+        if not layer.is_initialized or layer.keys is None:
+            continue
+        new = []
+        for part, tensor in enumerate((layer.keys, layer.values)):
+            new.append(tensor.new_zeros((1, *tensor.shape[1:])))
+            if filled:
+                new[-1][:, :, width - filled :] = lead[n][part]
+        if isinstance(layer, SpareLayer) and layer._keys is not None:
+            layer.add_row(*new)
+        else:
+            layer.keys, layer.values = torch.cat([layer.keys, new[0]]), torch.cat([layer.values, new[1]])
+    return torch.cat([mask, row])

@@ -91,7 +91,9 @@ def test_gritlm_style_embeds_each_sub_question_in_a_separate_pass(setup):
     sub_question = model.tokenizer.decode(in_stream.generated[: in_stream.hops[0].step], skip_special_tokens=True).strip()
     # the extra embedding pass over the standalone query; the generation cache is kept (one prompt prefill)
     query_width = padded_length(len(model.formatter.query(sub_question)), pad_multiple(model.device))
-    assert query_width in widths and widths.count(len(prompts[0])) == 1 + (query_width == len(prompts[0]))
+    lead = len(decoder.lead_in[0])  # the chat template's lead-in, prefilled once and reused by the prompt
+    prompt_width = len(prompts[0]) - lead
+    assert widths[0] == lead and query_width in widths and widths.count(prompt_width) == 1 + (query_width == prompt_width)
 
 
 def test_a_baseline_index_must_come_from_its_query_encoder(setup):

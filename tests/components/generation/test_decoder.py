@@ -210,12 +210,15 @@ def test_passages_are_fed_as_one_chunk_in_one_forward(random_setup):
 
     model.hf.get_decoder().forward = spy
     try:
-        out = InStreamDecoder(model, index, config=OWN).generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
+        decoder = InStreamDecoder(model, index, config=OWN)
+        out = decoder.generate([prompts[0]], GenerationConfig(max_new_tokens=4, logit_bias={model.formatter.query_id: 8.0}, max_retrievals=1))[0]
     finally:
         del model.hf.get_decoder().forward
     passage = sum(len(model.formatter.passage(index.corpus[d])) for d in out.hops[0].doc_ids)
-    # prompt; [RQ] (its state is the query: no extra pass); the top_k passages in one chunk; then single tokens
-    assert widths[:3] == [len(prompts[0]), 1, passage] and set(widths[3:]) <= {1}
+    lead = len(decoder.lead_in[0])
+    # the chat template's lead-in (once per decoder); the rest of the prompt; [RQ] (its state is the
+    # query: no extra pass); the top_k passages in one chunk; then single tokens
+    assert lead > 0 and widths[:4] == [lead, len(prompts[0]) - lead, 1, passage] and set(widths[4:]) <= {1}
 
 
 def test_a_passage_is_fed_apart_from_rows_decoding_one_token_with_the_same_result(random_setup, monkeypatch):
@@ -237,7 +240,10 @@ def test_a_passage_is_fed_apart_from_rows_decoding_one_token_with_the_same_resul
     runs = {}
     for split in (False, True):
         shapes.clear()
-        runs[split] = (InStreamDecoder(model, index, split_prefill=split, config=OWN).generate(chosen, configs), list(shapes))
+        decoder = InStreamDecoder(model, index, split_prefill=split, config=OWN)
+        generations = decoder.generate(chosen, configs)
+        assert shapes[0] == (1, len(decoder.lead_in[0]))  # the chat template's lead-in, once
+        runs[split] = (generations, shapes[1:])
     (joint, joint_shapes), (apart, apart_shapes) = runs[False], runs[True]
     alone = [InStreamDecoder(model, index, config=OWN).generate([p], c)[0] for p, c in zip(chosen, configs)]
     for a, b, c in zip(joint, apart, alone):
@@ -393,3 +399,30 @@ def test_a_bad_prompt_is_refused_when_it_joins_and_the_batch_goes_on(random_setu
     while batch.rows:
         events += batch.step()
     assert [e.row for e in events if e.kind == "done"] == [0]
+
+
+def test_rows_reuse_the_lead_in_s_keys_and_compute_what_they_would_without(random_setup):
+    """The chat template's lead-in is prefilled once per decoder; a chat prompt's row starts with its
+    keys and values and feeds only the rest; a prompt that does not start with it is fed whole."""
+    model, index, prompts = random_setup
+    rq = {model.formatter.query_id: 1e4}
+    plain = model.formatter.text("The red horse is called")  # a completion: no chat template
+    chosen = [prompts[0], prompts[1], plain]
+    configs = [GenerationConfig(max_new_tokens=10, logit_bias=rq), GenerationConfig(max_new_tokens=8), GenerationConfig(max_new_tokens=6)]
+    without = InStreamDecoder(model, index, config=OWN.model_copy(update={"reuse_lead_in": False}))
+    reusing = InStreamDecoder(model, index, config=OWN)
+    batch = reusing.batch()
+    lead = reusing.lead_in[0]
+    assert lead and all(p[: len(lead)] == lead for p in prompts) and plain[: len(lead)] != lead
+    for i, (p, c) in enumerate(zip(chosen, configs)):
+        batch.join(i, p, c)
+    assert [len(r.pending) for r in batch.rows] == [len(prompts[0]) - len(lead), len(prompts[1]) - len(lead), len(plain)]
+    done = {}
+    while batch.rows:
+        done |= {e.row: e.generation for e in batch.step() if e.kind == "done"}
+    for i, expected in enumerate(without.generate(chosen, configs)):
+        assert (done[i].generated, done[i].stream, done[i].prompt_tokens) == (expected.generated, expected.stream, expected.prompt_tokens)
+        for a, b in zip(done[i].hops, expected.hops):
+            assert a.doc_ids == b.doc_ids
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+    assert len(done[0].hops) == 1
