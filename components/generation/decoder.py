@@ -317,14 +317,19 @@ class InStreamDecoder:
         prefilling = set(prefill)
         hidden, mask = self._feed(live, cache, mask, [[] if b in prefilling else r.pending for b, r in enumerate(live)])
         index, old = torch.tensor(prefill, device=mask.device), mask.shape[1]
-        part = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
-        part_hidden, part_mask = self._feed([live[b] for b in prefill], part, mask[index])
+        # Their copy holds only the slots one of them attends to: a passage's queries then pay no
+        # attention to the batch's padding (a third of the slots or more, at 8 rows).
+        slots = mask[index].any(0).nonzero().squeeze(1)
+        part = DynamicCache(ddp_cache_data=[(layer.keys[index].index_select(2, slots), layer.values[index].index_select(2, slots))
+                                            for layer in cache.layers])  # fmt: skip
+        part_hidden, part_mask = self._feed([live[b] for b in prefill], part, mask[index][:, slots])
         hidden[index] = part_hidden
-        mask = torch.cat([mask, mask.new_zeros((len(live), part_mask.shape[1] - old))], dim=1)
-        mask[index, old:] = part_mask[:, old:]
+        had = len(slots)
+        mask = torch.cat([mask, mask.new_zeros((len(live), part_mask.shape[1] - had))], dim=1)
+        mask[index, old:] = part_mask[:, had:]
         for layer, fed in zip(cache.layers, part.layers):
             new = []
-            for slots in (fed.keys[:, :, old:], fed.values[:, :, old:]):
+            for slots in (fed.keys[:, :, had:], fed.values[:, :, had:]):
                 whole = slots.new_zeros((len(live), *slots.shape[1:]))
                 whole[index] = slots
                 new.append(whole)
