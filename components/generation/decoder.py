@@ -329,9 +329,9 @@ class InStreamDecoder:
         mask[index, old:] = part_mask[:, had:]
         for layer, fed in zip(cache.layers, part.layers):
             new = []
-            for slots in (fed.keys[:, :, had:], fed.values[:, :, had:]):
-                whole = slots.new_zeros((len(live), *slots.shape[1:]))
-                whole[index] = slots
+            for filled in (fed.keys[:, :, had:], fed.values[:, :, had:]):
+                whole = filled.new_zeros((len(live), *filled.shape[1:]))
+                whole[index] = filled
                 new.append(whole)
             layer.update(*new)  # appended: into a SpareLayer's room, without copying the past
         return hidden, mask
@@ -614,7 +614,8 @@ class InStreamDecoder:
 
 class Batch:
     """Rows decoding together, one forward per step for all of them. A row joins at any step
-    boundary: its cache slots so far are masked padding, and its prompt is its pending chunk,
+    boundary: its cache slots so far are masked padding (or hold the chat template's lead-in,
+    `DecoderConfig.reuse_lead_in`), and the rest of its prompt is its pending chunk,
     prefilled in the next step beside the other rows' decode tokens (as a passage is). A finished
     row leaves at once, and its slots with it. Each row computes exactly what it would alone."""
 

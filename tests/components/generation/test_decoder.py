@@ -426,3 +426,24 @@ def test_rows_reuse_the_lead_in_s_keys_and_compute_what_they_would_without(rando
             assert a.doc_ids == b.doc_ids
             np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
     assert len(done[0].hops) == 1
+
+
+def test_a_prompt_without_the_lead_in_joins_mid_flight_as_it_would_decode_alone(random_setup):
+    """Its first step gives it a masked slot with nothing real to attend to (the others decode):
+    whatever attention makes of that slot, the row never reads it."""
+    model, index, prompts = random_setup
+    decoder = InStreamDecoder(model, index, config=OWN)
+    plain = model.formatter.text("The red horse is called")
+    cfgs = [GenerationConfig(max_new_tokens=10, retrieval=False), GenerationConfig(max_new_tokens=6, logit_bias={model.formatter.query_id: 1e4})]
+    batch, done = decoder.batch(), {}
+    batch.join(0, prompts[0], cfgs[0])
+    batch.step()
+    batch.join(1, plain, cfgs[1])  # beside a decoding row: fed apart, after a masked slot
+    while batch.rows:
+        done |= {e.row: e.generation for e in batch.step() if e.kind == "done"}
+    for i, (p, c) in enumerate(zip([prompts[0], plain], cfgs)):
+        alone = decoder.generate([p], c)[0]
+        assert (done[i].generated, done[i].stream) == (alone.generated, alone.stream)
+        for a, b in zip(done[i].hops, alone.hops):
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+    assert len(done[1].hops) == 1 and not np.isnan(done[1].hops[0].vector).any()
