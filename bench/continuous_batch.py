@@ -1,0 +1,119 @@
+"""`continuous_batch`: the replica's engine without HTTP: one `Batch` kept full by a closed loop (a row
+that finishes is replaced at once by the next dev question), 8 rows against 1, the trained model
+retrieving with its calibrated τ; and where the 8-row run's time goes (prefill forwards, decode
+forwards, everything else in a step), which is what P5 and P10 over HTTP are made of.
+
+    python -m bench.continuous_batch --model DIR --index DIR [--data data] [--seconds 30] [--rows 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+from bench.common import (
+    RESULTS_DIR,
+    add_trained_model_args,
+    command_line,
+    device_string,
+    example_rows,
+    load_trained,
+    questions_and_gold,
+    write_result,
+    write_results_md,
+)
+
+
+def closed_loop(decoder, prompts: list[list[int]], cfg, rows: int, seconds: float) -> dict:
+    """`rows` rows decoding, each finished one replaced by the next prompt, for `seconds`; tokens/s
+    and the forwards' time by kind (the decoder's `_feed`, timed around each call)."""
+    forwards: list[tuple[int, float]] = []  # (widest chunk, seconds)
+    feed = decoder._feed
+
+    def timed_feed(rows_, cache, mask, chunks=None):
+        started = time.perf_counter()
+        out = feed(rows_, cache, mask, chunks)
+        width = max(len(c) for c in (chunks if chunks is not None else [r.pending for r in rows_]))
+        forwards.append((width, time.perf_counter() - started))
+        return out
+
+    decoder._feed = timed_feed
+    try:
+        batch, joined, tokens, hops, steps = decoder.batch(), 0, 0, 0, []
+        while joined < rows:
+            batch.join(joined, prompts[joined % len(prompts)], cfg)
+            joined += 1
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            step_started = time.perf_counter()
+            events = batch.step()
+            steps.append(time.perf_counter() - step_started)
+            for event in events:
+                if event.kind == "done":
+                    tokens, hops = tokens + len(event.generation.generated), hops + len(event.generation.hops)
+                    batch.join(joined, prompts[joined % len(prompts)], cfg)
+                    joined += 1
+        wall = time.perf_counter() - began
+    finally:
+        decoder._feed = feed
+    done = joined - rows
+    prefill = sum(s for w, s in forwards if w > 1)
+    decode = sum(s for w, s in forwards if w <= 1)
+    return {"rows": rows, "seconds": wall, "requests": done, "tokens": tokens, "tokens_per_s": tokens / wall,
+            "hops_per_request": hops / max(done, 1), "steps": len(steps), "step_median_s": statistics.median(steps),
+            "prefill_forwards_s": prefill, "decode_forwards_s": decode, "other_s": sum(steps) - prefill - decode,
+            "decode_forward_median_s": statistics.median([s for w, s in forwards if w <= 1] or [0.0])}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.continuous_batch")
+    add_trained_model_args(parser)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of each answer")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
+
+    model, index = load_trained(args.model, args.index)
+    questions, _ = questions_and_gold(example_rows(args.data, "dev"))
+    random.Random(0).shuffle(questions)  # an order drawn without looking at them
+    prompts = [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
+    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    decoder = InStreamDecoder(model, index)
+    runs = {n: closed_loop(decoder, prompts, cfg, n, args.seconds) for n in (1, args.rows)}
+    for n, r in runs.items():
+        print(f"{n} rows: {r}", flush=True)
+    many = runs[args.rows]
+    ratio = many["tokens_per_s"] / runs[1]["tokens_per_s"]
+    per_request = {k: many[k] / max(many["requests"], 1) for k in ("prefill_forwards_s", "decode_forwards_s", "other_s")}
+    write_result(args.out, {
+        "id": "continuous_batch", "ratio": ratio, "goal": None, "met": None, "device": device_string(),
+        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+        "what": f"the engine without HTTP: tokens/s of one Batch kept at {args.rows} rows by a closed loop of dev questions ÷ "
+                "kept at 1 row (retrieval on, calibrated τ)",
+        "notes": "`bench/continuous_batch.py`: `InStreamDecoder.batch()` stepped in this process, a finished row replaced at once "
+                 "by the next dev question (shuffled, seed 0), joining mid-flight as in the replica; the forwards timed around "
+                 "the decoder's `_feed` (prefill: a chunk wider than one token; decode: one token a row), the rest of each step "
+                 "(the LM head, sampling, search, cache bookkeeping: slicing, merging, compaction) is `other`.",
+        "runs": runs, "per_request_s": per_request,
+        "details_md": [f"{n} rows: {r['tokens_per_s']:.1f} tok/s, {r['requests']} requests ({r['hops_per_request']:.2f} hops each), "
+                       f"step median {1e3 * r['step_median_s']:.0f} ms; prefill forwards {r['prefill_forwards_s']:.1f} s, decode "
+                       f"forwards {r['decode_forwards_s']:.1f} s (median {1e3 * r['decode_forward_median_s']:.0f} ms), other "
+                       f"{r['other_s']:.1f} s of {r['seconds']:.0f} s" for n, r in runs.items()],
+    })  # fmt: skip
+    write_results_md(args.out)
+    print(f"continuous_batch: {args.rows} rows ÷ 1 = {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
