@@ -7,6 +7,13 @@ built from source (about 6 minutes on 2 cores), never installed by CI:
 
     pip install -e '.[peer]'
     python -m bench.p11_vs_llama_cpp [--quick] [--threads N]
+
+On a CPU with AMX (the Xeons here), build it without ggml's AMX kernels, which segfault in the
+first decode (ggml-org/llama.cpp#20824); the AVX512 ones are kept:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+      -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install --no-cache-dir -e '.[peer]'
 """
 
 from __future__ import annotations
