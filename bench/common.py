@@ -369,8 +369,8 @@ KNOWN = {
     },
 }
 ORDER = ["p1_in_stream_overhead", "p2_vs_pipeline_same_size", "p3_vs_pipeline_minilm", "p4_decode_vs_hf_generate",
-         "p4_decode_vs_hf_generate_1_thread", "decode_step_profile", "decode_compile",
-         "p5_batch_8_vs_1", "p5_http_batch_8_vs_1", "p10_open_loop", "p9_http_vs_in_process", "serve_latency",
+         "p4_decode_vs_hf_generate_1_thread", "p11_vs_llama_cpp", "decode_step_profile", "decode_compile",
+         "p5_batch_8_vs_1", "p5_http_batch_8_vs_1", "p10_open_loop", "continuous_batch", "p9_http_vs_in_process", "serve_latency",
          "gritlm_caching", "minilm_baseline"]
 
 
