@@ -65,6 +65,7 @@ class Batcher:
         self._requests: dict[int, Request] = {}  # running rows by key
         self._keys = count()
         self.steps = 0  # forwards run (for metrics and tests)
+        self.rows = 0  # rows in the running batch (for metrics)
         self.in_use: InStreamDecoder | None = None  # the running rows' decoder (as the provider gave it)
         self.mean_request_s = 1.0  # a running mean of request latency, for Retry-After
 
@@ -112,6 +113,7 @@ class Batcher:
                     self._join(batch, request)
                 if batch is not None and batch.rows:
                     batch = self._step(batch)
+                self.rows = len(batch.rows) if batch is not None else 0
                 if batch is None or not batch.rows:
                     self.in_use = None  # nothing runs on it any more (a server may drop its index)
         except BaseException as err:  # the loop itself broke: health checks report it

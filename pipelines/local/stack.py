@@ -45,7 +45,7 @@ class StackError(RuntimeError):
     """The stack could not be brought up; the message says which service and why."""
 
 
-PORT_FIELDS = ("ray_port", "dashboard_port", "ray_client_port", "dashboard_agent_port", "mlflow_port")
+PORT_FIELDS = ("ray_port", "dashboard_port", "ray_client_port", "dashboard_agent_port", "metrics_port", "mlflow_port")
 
 
 class StackConfig(FrozenConfig):
@@ -58,6 +58,7 @@ class StackConfig(FrozenConfig):
     # stack's) needs others, or its job submissions fail.
     ray_client_port: Port = Field(10001, description="Ray client server")
     dashboard_agent_port: Port = Field(52365, description="Ray dashboard agent")
+    metrics_port: Port = Field(8080, description="Prometheus metrics of the node (Ray's and the Serve app's)")
     mlflow_port: Port = Field(5000, description="MLflow server: MLFLOW_TRACKING_URI")
     # Logical CPUs, not cores: with exactly 2, two 1-CPU Train workers leave nothing for Ray Data
     # and the job waits forever (STACK_NOTES). 4 leaves room on a 2-core machine.
@@ -114,13 +115,13 @@ def ray_service(cfg: StackConfig) -> Service:
                f"--node-ip-address={HOST}", f"--port={cfg.ray_port}",
                "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={cfg.dashboard_port}",
                f"--dashboard-agent-listen-port={cfg.dashboard_agent_port}", f"--ray-client-server-port={cfg.ray_client_port}",
-               f"--num-cpus={cfg.num_cpus}", f"--temp-dir={ray_temp_dir(cfg.root)}"]  # fmt: skip
+               f"--metrics-export-port={cfg.metrics_port}", f"--num-cpus={cfg.num_cpus}", f"--temp-dir={ray_temp_dir(cfg.root)}"]  # fmt: skip
     dashboard = f"http://{HOST}:{cfg.dashboard_port}"
     return Service(
         name="ray",
         command=command,
         env=_ray_env(cfg),
-        ports=[cfg.ray_port, cfg.dashboard_port, cfg.ray_client_port, cfg.dashboard_agent_port],
+        ports=[cfg.ray_port, cfg.dashboard_port, cfg.ray_client_port, cfg.dashboard_agent_port, cfg.metrics_port],
         # /api/version answers once the dashboard is up, /api/jobs/ once it reads jobs; submitting one
         # needs the node's dashboard agent as well, which starts later (seen: 500 "No available agent
         # to submit job" from a head whose dashboard answered, on a machine slow to import).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ from components.model.onegen import OneGenModel
 from components.retrieval.index import DOCUMENTS_FILE
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
+from pipelines.serving.metrics import ServeMetrics
 
 
 class ServeArgs(FrozenConfig):
@@ -105,6 +107,18 @@ async def _authorize(request: Request, call_next):
     if key is not None and request.url.path.startswith("/v1/") and request.headers.get("authorization", "") != f"Bearer {key}":
         return api.ApiError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", code="invalid_api_key").response()
     return await call_next(request)
+
+
+@app.middleware("http")
+async def _measure(request: Request, call_next):
+    """Every request's route, status and latency to the replica's metrics (outermost: a 401 counts too)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        route = getattr(request.scope.get("route"), "path", "unmatched")  # the route's template, never a raw path
+        metrics.request(route, response.status_code, time.perf_counter() - started)
+    return response
 
 
 @app.exception_handler(RequestValidationError)
@@ -232,6 +246,8 @@ class OneGenServer:
         self.batcher = Batcher(lambda: self.current.decoder, max_batch=a.max_batch, max_tokens=a.max_tokens_in_flight,
                                max_waiting=a.max_waiting, static=a.batching == "static").start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
+        self.metrics = app.state.metrics = ServeMetrics()
+        threading.Thread(target=self._report, name="onegen-metrics", daemon=True).start()
         if self.args.model_uri and self.args.poll_interval_s > 0:
             threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
 
@@ -264,7 +280,15 @@ class OneGenServer:
 
     def _switch(self) -> None:
         previous, self.current = self.current, self._load()  # batches pick it up as they start
+        self.metrics.serving(self.current.version, previous.version)
         self._retire(also_keep=previous.decoder)  # a batch may be starting on it right now
+
+    def _report(self) -> None:
+        """The batcher's queue and running rows, and the version served, each second (a gauge set
+        once in the constructor was never exported)."""
+        while not self._stop.wait(1.0):
+            self.metrics.batch(self.batcher.waiting, self.batcher.rows)
+            self.metrics.serving(self.current.version)
 
     def _retire(self, also_keep: InStreamDecoder | None = None) -> None:
         """Drop the indexes no request can reach: neither the current version's nor the running batch's."""
@@ -383,7 +407,7 @@ class OneGenServer:
         Each row's events (or the exception that ended it) arrive as (choice, event)."""
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        rows = [DecodeRequest(prompt, config, lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e)))
+        rows = [DecodeRequest(prompt, config, self.metrics.watch(lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e))))
                 for choice, config in enumerate(configs)]
         try:
             self.batcher.submit(*rows)

@@ -19,6 +19,11 @@ def ray_cluster():
     os.environ.update(RAY_ENV)
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
+    from pipelines.local.processes import free_ports
+
+    (metrics_port,) = free_ports(1)
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False,
+             _metrics_export_port=metrics_port)  # Prometheus format, as `ray start --metrics-export-port`
+    ray.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # for the tests that scrape it
     yield ray
     ray.shutdown()
