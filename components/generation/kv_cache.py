@@ -4,8 +4,9 @@ HF's `DynamicLayer` concatenates each step's keys and values to the whole past, 
 step copies the entire cache of every layer (at 8 rows of 400 slots, 140 MB a step, as much memory
 traffic as the bf16 weights themselves). A `SpareLayer` writes the new slots into room it reserved
 (growing by half when full), and hands attention a view of the filled part: the past is copied
-only when the room runs out, or when the decoder rearranges rows (a row joins or leaves, the cache
-is compacted), which it does by assigning whole tensors, as it would to a `DynamicLayer`.
+only when the room runs out, or when the decoder rearranges rows: a row that joins or leaves costs
+one copy into a buffer that keeps its room; compaction assigns whole tensors, as it would to a
+`DynamicLayer`, and the next step reserves room again.
 """
 
 from __future__ import annotations
