@@ -153,3 +153,13 @@ def test_the_serve_args_are_fields_of_the_apps_serve_args(rendered):
     for overlay in ("overlays/gpu", "overlays/dev-cpu"):
         (app,) = serve_config(rendered[overlay])["applications"]
         assert set(app["args"]) <= fields
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_pod_is_scraped_by_prometheus_on_ray_s_metrics_port(rendered, overlay):
+    """KubeRay starts each node with --metrics-export-port 8080: Ray's series and the Serve app's onegen_* ones."""
+    for kind, cluster in (("RayCluster", rendered[overlay]["RayCluster"]["spec"]),
+                          ("RayService", rendered[overlay]["RayService"]["spec"]["rayClusterConfig"])):
+        for template in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster.get("workerGroupSpecs", []))]:
+            annotations = template["metadata"]["annotations"]
+            assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == ("true", "8080"), kind
