@@ -109,6 +109,12 @@ async def _authorize(request: Request, call_next):
     return await call_next(request)
 
 
+def _route(request: Request) -> str:
+    """The route's template, never a raw path (a label per URL would be unbounded); "unmatched" for
+    a request answered before routing (a 401) or by no route (a 404)."""
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
 @app.middleware("http")
 async def _measure(request: Request, call_next):
     """Every request's route, status and latency to the replica's metrics (outermost: a 401 counts too)."""
@@ -116,8 +122,7 @@ async def _measure(request: Request, call_next):
     response = await call_next(request)
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
-        route = getattr(request.scope.get("route"), "path", "unmatched")  # the route's template, never a raw path
-        metrics.request(route, response.status_code, time.perf_counter() - started)
+        metrics.request(_route(request), response.status_code, time.perf_counter() - started)
     return response
 
 

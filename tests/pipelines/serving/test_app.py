@@ -467,21 +467,21 @@ def test_metrics_are_scraped_from_ray_s_prometheus_endpoint(server, client, ray_
     for animal in ("red cat", "blue dog"):
         out = client.chat.completions.create(model=NAME, messages=ask(animal), max_tokens=24, temperature=0)
         assert out.model_extra["retrieval"]  # these answers retrieve: search latency has samples
-    assert httpx.get(f"{server}/v1/models").status_code == 401  # no key: counted too
+    assert httpx.get(f"{server}/v1/models").status_code == 401  # no key: counted too (refused before routing)
     wanted = ["ray_onegen_requests_total", "ray_onegen_request_latency_s_count", "ray_onegen_time_to_first_token_s_count",
               "ray_onegen_generated_tokens_total", "ray_onegen_retrievals_per_request_count", "ray_onegen_search_latency_s_count",
               "ray_onegen_queue_depth", "ray_onegen_running_rows", "ray_onegen_model_version"]
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:  # Ray exports every few seconds
         text = httpx.get(ray_cluster.metrics_url, timeout=10).text
-        if all(_samples(text, name) for name in wanted) and any(
-                t.get("route") == "/v1/models" and t.get("status") == "401" for t, _ in _samples(text, wanted[0])):
+        if all(_samples(text, name) for name in wanted) and any(t.get("status") == "401" for t, _ in _samples(text, wanted[0])):
             break
         time.sleep(2)
     found = {name: _samples(text, name) for name in wanted}
     assert all(found.values()), [name for name, s in found.items() if not s]
     chats = [v for t, v in found["ray_onegen_requests_total"] if t.get("route") == "/v1/chat/completions" and t.get("status") == "200"]
     assert sum(chats) >= 2
+    assert any(t.get("route") == "unmatched" and t.get("status") == "401" for t, _ in found["ray_onegen_requests_total"])
     assert sum(v for _, v in found["ray_onegen_time_to_first_token_s_count"]) >= 2
     assert sum(v for _, v in found["ray_onegen_generated_tokens_total"]) >= 2
     assert sum(v for _, v in found["ray_onegen_search_latency_s_count"]) >= 2
