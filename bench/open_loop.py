@@ -64,12 +64,13 @@ def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict) 
     latencies, ttfts = sorted(a["latency_s"] for a in ok), sorted(a["ttft_s"] for a in ok)
     return {
         "requests": len(answers), "ok": len(ok), "errors": len(answers) - len(ok),
-        "p50_s": statistics.median(latencies), "p99_s": _percentile(latencies, 0.99),
-        "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": _percentile(ttfts, 0.99),
+        "p50_s": statistics.median(latencies), "p99_s": percentile(latencies, 0.99),
+        "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": percentile(ttfts, 0.99),
         "mean_tokens": statistics.mean(a["tokens"] for a in ok), "seconds": wall,
         "tokens_per_s": sum(a["tokens"] for a in ok) / wall,
     }  # fmt: skip
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The `q` quantile of already sorted values, nearest rank (p99 of 50 answers: the slowest)."""
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

@@ -158,7 +158,7 @@ def closed_loop(url: str, questions: list[str], tokens: int, seconds: float, lev
         latencies.sort()
         out[clients] = {
             "requests": len(latencies), "errors": errors, "seconds": wall,
-            "p50_s": statistics.median(latencies), "p99_s": open_loop._percentile(latencies, 0.99),
+            "p50_s": statistics.median(latencies), "p99_s": open_loop.percentile(latencies, 0.99),
             "requests_per_s": len(latencies) / wall, "tokens_per_s": sum(counts) / wall,
         }  # fmt: skip
         print(f"  {url} {clients:>2} clients: {out[clients]}", flush=True)

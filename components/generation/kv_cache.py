@@ -134,7 +134,7 @@ def add_row(cache: DynamicCache, mask: torch.Tensor, lead: list[tuple[torch.Tens
             new.append(tensor.new_zeros((1, *tensor.shape[1:])))
             if filled:
                 new[-1][:, :, width - filled :] = lead[n][part]
-        if isinstance(layer, SpareLayer) and layer._keys is not None:
+        if isinstance(layer, SpareLayer):  # into a buffer that keeps its room
             layer.add_row(*new)
         else:
             layer.keys, layer.values = torch.cat([layer.keys, new[0]]), torch.cat([layer.values, new[1]])
