@@ -123,7 +123,7 @@ class PipelineRAG:
             chunk = [t for h in fresh for t in self.generator.formatter.passage(h.document)]
             tokens += chunk
             stream += chunk
-            hops.append(Hop(len(generated) - 1, [h.doc_id for h in fresh], [h.title for h in fresh], [h.score for h in fresh], seconds, vector[0]))
+            hops.append(Hop.of(len(generated) - 1, fresh, seconds, vector[0]))
         text = self.generator.tokenizer.decode(generated, skip_special_tokens=True)
         return Generation(
             text=cut_at_stop(text, cfg.stop),

@@ -94,6 +94,13 @@ class Hop:
     scores: list[float]
     search_s: float
     vector: np.ndarray | None = field(default=None, repr=False)  # the query vector itself
+    texts: list[str] = field(default_factory=list, repr=False)  # the passages inserted (a trace shows them)
+
+    @classmethod
+    def of(cls, step: int, hits: list, search_s: float, vector: np.ndarray | None) -> Hop:
+        """The hop that inserted `hits` (retrieval Hits) after generated token `step`."""
+        return cls(step, [h.doc_id for h in hits], [h.title for h in hits], [h.score for h in hits], search_s, vector,
+                   [h.document.text for h in hits])
 
 
 @dataclass
@@ -557,7 +564,7 @@ class InStreamDecoder:
         fresh = [h for h in hits if h.doc_id not in row.inserted][: row.cfg.top_k]
         chunk = [t for h in fresh for t in self.model.formatter.passage(h.document)]
         row.inserted.update(h.doc_id for h in fresh)
-        hop = Hop(len(row.generated) - 1, [h.doc_id for h in fresh], [h.title for h in fresh], [h.score for h in fresh], seconds, vector)
+        hop = Hop.of(len(row.generated) - 1, fresh, seconds, vector)
         row.hops.append(hop)
         row.pending = chunk
         row.stream += chunk

@@ -19,13 +19,14 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from ray import serve
 
 from components.config import DecoderConfig, FrozenConfig, GenerationConfig
@@ -39,6 +40,7 @@ from components.retrieval.index import DOCUMENTS_FILE
 from pipelines.serving import openai_api as api
 from pipelines.serving.faiss_actor import FaissHost, RemoteIndex
 from pipelines.serving.metrics import ServeMetrics
+from pipelines.serving.tracing import Tracer, TracingConfig
 
 
 class ServeArgs(FrozenConfig):
@@ -63,6 +65,8 @@ class ServeArgs(FrozenConfig):
                                   "only an empty batch (each batch runs to its end; the baseline bench.serve_latency compares)")
     max_tokens_limit: PositiveInt = 512
     poll_interval_s: float = Field(30.0, ge=0)  # follow the registry alias; 0: never
+    tracing: TracingConfig = Field(TracingConfig(), description="MLflow Tracing of a sampled share of requests, logged to "
+                                                                "tracking_uri (off by default)")
     api_key_env: str | None = None  # name of the environment variable holding the bearer key
 
     @model_validator(mode="after")
@@ -252,6 +256,7 @@ class OneGenServer:
                                max_waiting=a.max_waiting, static=a.batching == "static").start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
         self.metrics = app.state.metrics = ServeMetrics()
+        self.tracer = Tracer(a.tracing, a.tracking_uri, {"onegen.model": self.served_name}) if a.tracing.sample_rate > 0 else None
         threading.Thread(target=self._report, name="onegen-metrics", daemon=True).start()
         if self.args.model_uri and self.args.poll_interval_s > 0:
             threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
@@ -332,6 +337,8 @@ class OneGenServer:
         self._stop.set()
         if hasattr(self, "batcher"):  # __init__ got that far
             self.batcher.stop(timeout=1)
+        if getattr(self, "tracer", None) is not None:
+            self.tracer.close()
 
     # -- routes --------------------------------------------------------------------------------
 
@@ -351,12 +358,12 @@ class OneGenServer:
     async def chat_completions(self, body: api.ChatCompletionRequest):
         model = self.current.model
         prompt = model.formatter.prompt([m.model_dump() for m in body.messages])
-        return await self._generate(body, prompt)
+        return await self._generate(body, prompt, "POST /v1/chat/completions")
 
     @app.post("/v1/completions")
     async def completions(self, body: api.CompletionRequest):
         prompt = self.current.model.formatter.text(body.prompt)
-        return await self._generate(body, prompt)
+        return await self._generate(body, prompt, "POST /v1/completions")
 
     @app.post("/v1/embeddings")
     def embeddings(self, body: api.EmbeddingRequest) -> dict:
@@ -393,27 +400,36 @@ class OneGenServer:
         max_tokens = body.max_tokens or min(copy_budget(current.model.formatter, body.text), self.args.max_tokens_limit)
         self._check_budget(max_tokens, "max_tokens", len(prompt), "text")
         config = GenerationConfig(max_new_tokens=max_tokens, link_threshold=current.model.link_threshold)
-        events = self._submit(prompt, [link_config(config, body.kb, current.model.formatter, body.text, body.target)])
+        events = self._submit(prompt, [link_config(config, body.kb, current.model.formatter, body.text, body.target)],
+                              "POST /v1/link", body)
         g = (await _done(events))[0].generation
         return {"model": self.served_name, "kb": body.kb, "text": body.text,
                 "mentions": [asdict(m) for m in mentions(body.text, g)], "usage": api.usage(g.prompt_tokens, len(g.generated))}  # fmt: skip
 
     # -- generation ----------------------------------------------------------------------------
 
-    async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int]):
+    async def _generate(self, body: api.ChatCompletionRequest | api.CompletionRequest, prompt: list[int], route: str):
         self._check_model(body.model)
-        events = self._submit(prompt, self._configs(body, len(prompt)))
+        events = self._submit(prompt, self._configs(body, len(prompt)), route, body)
         if body.stream:
             return StreamingResponse(_sse(events, body, self.served_name, len(prompt)), media_type="text/event-stream")
         return _completion(await _done(events, body.n), body, self.served_name)
 
-    def _submit(self, prompt: list[int], configs: list[GenerationConfig]) -> asyncio.Queue:
+    def _submit(self, prompt: list[int], configs: list[GenerationConfig], route: str, body: BaseModel) -> asyncio.Queue:
         """Queue one row per config (a choice) on the batcher, all or none: a full queue is a 429.
-        Each row's events (or the exception that ended it) arrive as (choice, event)."""
+        Each row's events (or the exception that ended it) arrive as (choice, event); the metrics
+        see them, and the request's trace when it is sampled."""
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        rows = [DecodeRequest(prompt, config, self.metrics.watch(lambda e, c=choice: loop.call_soon_threadsafe(events.put_nowait, (c, e))))
-                for choice, config in enumerate(configs)]
+        current = self.current
+        trace = self.tracer and self.tracer.request(route, body, len(configs), partial(current.model.tokenizer.decode, skip_special_tokens=True),
+                                                    current.version)  # fmt: skip
+
+        def deliver(choice: int):
+            put = self.metrics.watch(lambda e: loop.call_soon_threadsafe(events.put_nowait, (choice, e)))
+            return trace.watch(choice, put) if trace else put
+
+        rows = [DecodeRequest(prompt, config, deliver(choice)) for choice, config in enumerate(configs)]
         try:
             self.batcher.submit(*rows)
         except Overloaded as busy:

@@ -488,3 +488,50 @@ def test_metrics_are_scraped_from_ray_s_prometheus_endpoint(server, client, ray_
     assert all(v >= 0 for _, v in found["ray_onegen_queue_depth"] + found["ray_onegen_running_rows"])
     assert any(t.get("version") == "local" and v == 1 for t, v in found["ray_onegen_model_version"])
     assert any(t.get("deployment") == "OneGenServer" for t, _ in found["ray_onegen_requests_total"])
+
+
+@pytest.mark.timeout(240)
+def test_a_traced_request_is_read_back_from_mlflow_with_a_retriever_span_per_hop(server, trained_tiny, mlflow_server, tmp_path):
+    """Tracing on (sampling 1.0): the request's trace reaches the tracking server, its RETRIEVER
+    spans hold the inserted passages as MLflow Documents with their scores, in the answer's order."""
+    import mlflow
+    from mlflow.entities import SpanType
+    from ray import serve
+
+    from pipelines.serving.app import deployment
+
+    trained_tiny.model.save_pretrained(tmp_path / "model")
+    build_index(trained_tiny.model, trained_tiny.corpus).save(tmp_path / "index")
+    args = {"model_dir": str(tmp_path / "model"), "index_dir": str(tmp_path / "index"), "served_name": NAME, "replica_cpus": 0.25,
+            "faiss_cpus": 0.25, "tracking_uri": mlflow_server, "tracing": {"sample_rate": 1.0, "experiment": "traced-serving"}}
+    serve.run(deployment(args), name="onegen-traced", route_prefix="/traced", blocking=False)
+    traced = f"{server}/traced"
+    client = mlflow.MlflowClient(mlflow_server)
+    try:
+        _wait_healthy(traced)
+        sent = {"model": NAME, "messages": ask("green cat"), "max_tokens": 24, "temperature": 0}
+        answer = httpx.post(f"{traced}/v1/chat/completions", json=sent, timeout=120).json()
+        experiment = client.get_experiment_by_name("traced-serving").experiment_id
+        deadline, traces = time.time() + 60, []
+        while time.time() < deadline and not traces:  # exported asynchronously
+            traces = client.search_traces(locations=[experiment])
+            time.sleep(1)
+    finally:
+        serve.delete("onegen-traced")
+    hops = answer["retrieval"]
+    assert hops  # this question retrieves (the first test shows it)
+    (trace,) = traces
+    root = next(s for s in trace.data.spans if s.parent_id is None)
+    assert root.name == "POST /v1/chat/completions" and root.inputs == sent
+    assert root.outputs == {"choices": [answer["choices"][0]["message"]["content"]]}
+    (generate,) = [s for s in trace.data.spans if s.span_type == SpanType.CHAT_MODEL]
+    usage = generate.get_attribute("mlflow.chat.tokenUsage")
+    assert usage["output_tokens"] == answer["usage"]["completion_tokens"] and usage["input_tokens"] == answer["usage"]["prompt_tokens"]
+    retrievals = sorted((s for s in trace.data.spans if s.span_type == SpanType.RETRIEVER), key=lambda s: s.start_time_ns)
+    assert [s.parent_id for s in retrievals] == [generate.span_id] * len(hops)
+    for span, hop in zip(retrievals, hops):
+        assert [d["id"] for d in span.outputs] == hop["doc_ids"]
+        assert [d["metadata"]["score"] for d in span.outputs] == pytest.approx(hop["scores"])
+        assert [d["page_content"] for d in span.outputs] == [trained_tiny.corpus[i].text for i in hop["doc_ids"]]
+        assert root.start_time_ns <= span.start_time_ns <= span.end_time_ns <= generate.end_time_ns
+    assert trace.info.trace_metadata["onegen.model_version"] == "local"
