@@ -84,43 +84,29 @@ def default_model() -> tuple[Path, Path]:
     return root / "models" / "smollm2-cpu", root / "indexes" / "smollm2-cpu"
 
 
-def start_apps(model_dir: Path, index_dir: Path, tokens: int) -> dict[str, str]:
-    """Both apps, continuous at / and static at /static; their base URLs."""
+def start_apps(model_dir: Path, index_dir: Path, tokens: int, variants: dict[str, dict]) -> dict[str, str]:
+    """One app per variant (extra Serve args), the first at / and the others at /<name>; their base URLs."""
     import ray
     from ray import serve
 
     from pipelines.local.processes import free_ports
     from pipelines.serving.app import deployment
+    from pipelines.serving.deploy import wait_healthy
 
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)  # 2 × (2 + 0.5): only one works at a time
     (port,) = free_ports(1)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     urls = {}
-    for batching in BATCHINGS:
-        prefix = "/" if batching == "continuous" else f"/{batching}"
+    for n, (name, extra) in enumerate(variants.items()):
+        prefix = "/" if n == 0 else f"/{name}"
         args = {"model_dir": str(model_dir), "index_dir": str(index_dir), "served_name": "onegen", "max_batch": 16,
-                "max_tokens_limit": max(tokens, 64), "replica_cpus": 2.0, "faiss_cpus": 0.5, "batching": batching,
-                "max_waiting": 1024}  # fmt: skip
-        serve.run(deployment(args), name=f"bench-{batching}", route_prefix=prefix, blocking=False)
-        urls[batching] = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
+                "max_tokens_limit": max(tokens, 64), "replica_cpus": 2.0, "faiss_cpus": 0.5, "max_waiting": 1024, **extra}  # fmt: skip
+        serve.run(deployment(args), name=f"bench-{name}", route_prefix=prefix, blocking=False)
+        urls[name] = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
     for url in urls.values():
         wait_healthy(url)
     return urls
-
-
-def wait_healthy(url: str) -> None:
-    import httpx
-
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"the Serve app at {url} did not come up")
 
 
 def closed_loop(url: str, questions: list[str], tokens: int, seconds: float, levels=(1, 4, 8, 16)) -> dict:
@@ -209,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.generation.decoder import InStreamDecoder
 
     torch.set_num_threads(2)  # as many as the replica's CPUs
-    urls = start_apps(model_dir, index_dir, args.tokens)
+    urls = start_apps(model_dir, index_dir, args.tokens, {b: {"batching": b} for b in BATCHINGS})
     model, index = load_trained(model_dir, index_dir)
     decoder = InStreamDecoder(model, index)
     prompt = model.formatter.prompt([{"role": "user", "content": QUESTION}])

@@ -94,6 +94,8 @@ class WorkersConfig(FrozenConfig):
 
     num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel)")
     cpus_per_worker: PositiveFloat = Field(0.5, description="logical CPUs per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers over nodes (Ray Train's ScalingConfig); STRICT_SPREAD: one per node")
     use_gpu: bool = Field(False, description="one GPU per worker")
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     checkpoint_every: PositiveInt = Field(50, description="steps between checkpoints")

@@ -4,11 +4,13 @@
 S3 credentials come from the standard AWS chain (environment, profile, instance role), resolved
 here, where the job starts, and carried by the filesystem object: Ray Data and Ray Train workers
 get them with it and need no credentials of their own. `endpoint_url` points at an
-S3-compatible server (MinIO, moto) instead of AWS.
+S3-compatible server (MinIO, moto) instead of AWS; without it, `AWS_ENDPOINT_URL_S3` (or
+`AWS_ENDPOINT_URL`) does, as for every AWS SDK.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -62,6 +64,9 @@ def _s3(endpoint_url: str | None) -> pafs.S3FileSystem:
     import boto3
 
     options: dict = {}
+    # No endpoint given: the one the AWS SDKs read from the environment (boto3 does; pyarrow's SDK
+    # does not), so a job reading its s3:// config before it knows storage.s3_endpoint_url finds MinIO too.
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint_url:
         options["endpoint_override"] = endpoint_url
         options["scheme"] = "http" if endpoint_url.startswith("http://") else "https"

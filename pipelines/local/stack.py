@@ -1,4 +1,4 @@
-"""The local stack: a Ray head and an MLflow server on 127.0.0.1, state in one directory.
+"""The local stack: a Ray head (and worker nodes) and an MLflow server on 127.0.0.1, state in one directory.
 
     cfg = StackConfig.load(Path("infra/stack.yaml"))
     up(cfg)          # start what is not running; wait until both answer over HTTP
@@ -8,6 +8,7 @@
 State under `cfg.state_dir` (default `./.onegen/`):
 
     ray.pid  ray.log          `ray start --head --block` (the pid file names its session)
+    ray-worker-<i>.pid/.log   `ray start --address=<head> --block`: worker node i (`workers`), its own raylet
     mlflow.pid  mlflow.log    `mlflow server`
     mlflow.db  mlartifacts/   MLflow's SQLite backend and the artifacts it serves
     storage/                  the default storage root (`storage.root` of the presets)
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from components.config import FrozenConfig
 from pipelines.local import processes
@@ -63,16 +64,26 @@ class StackConfig(FrozenConfig):
     # Logical CPUs, not cores: with exactly 2, two 1-CPU Train workers leave nothing for Ray Data
     # and the job waits forever (STACK_NOTES). 4 leaves room on a 2-core machine.
     num_cpus: PositiveInt = Field(4, description="logical CPUs Ray schedules")
+    # A second node on the same machine is how to see that nothing depends on the driver's node:
+    # work placed there runs in another raylet, as on a cluster.
+    workers: NonNegativeInt = Field(0, description="Ray worker nodes beside the head, on loopback, each with its own raylet; "
+                                    "worker i exports metrics on metrics_port + i and runs its agent on dashboard_agent_port + i")
+    worker_cpus: PositiveInt = Field(2, description="logical CPUs of each worker node")
     ray_timeout_s: PositiveFloat = Field(120, description="seconds to a healthy dashboard (7-19 s idle, more when busy)")
     mlflow_timeout_s: PositiveFloat = Field(90, description="seconds to a healthy MLflow (8-13 s idle: it migrates its db first)")
     stop_timeout_s: PositiveFloat = Field(30, description="seconds from SIGTERM to SIGKILL")
 
     @model_validator(mode="after")
     def _ports_differ(self) -> StackConfig:
-        ports = [getattr(self, name) for name in PORT_FIELDS]
+        ports = [getattr(self, name) for name in PORT_FIELDS] + [p for i in range(1, self.workers + 1) for p in self.worker_ports(i)]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"the stack's ports must differ, got {ports}")
+            raise ValueError(f"the stack's ports must differ, got {ports} (worker nodes' included)")
         return self
+
+    def worker_ports(self, i: int) -> tuple[int, int]:
+        """(metrics port, dashboard agent port) of worker node i (1-based): Ray's fixed defaults
+        would clash with the head's on the same machine."""
+        return self.metrics_port + i, self.dashboard_agent_port + i
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> StackConfig:
@@ -132,11 +143,30 @@ def ray_service(cfg: StackConfig) -> Service:
     )
 
 
+def worker_service(cfg: StackConfig, i: int) -> Service:
+    """Worker node i: a raylet (and its agents) joining the head's GCS, with its own CPUs."""
+    metrics_port, agent_port = cfg.worker_ports(i)
+    command = [_executable("ray"), "start", f"--address={HOST}:{cfg.ray_port}", "--block", "--disable-usage-stats",
+               f"--node-ip-address={HOST}", f"--num-cpus={cfg.worker_cpus}", f"--dashboard-agent-listen-port={agent_port}",
+               f"--metrics-export-port={metrics_port}"]  # fmt: skip
+    return Service(
+        name=f"ray-worker-{i}",
+        command=command,
+        env=_ray_env(cfg),
+        ports=[metrics_port, agent_port],
+        health_urls=[f"http://{HOST}:{agent_port}/api/local_raylet_healthz"],
+        address=f"{HOST}:{cfg.ray_port}",  # the cluster it joined
+        timeout_s=cfg.ray_timeout_s,
+    )
+
+
 def _ray_env(cfg: StackConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # an exported client address is not for the head itself
     env.update(
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # else Ray binds the external address too
+        # 0: Ray binds loopback only. A node joining a head refuses to start with 0, and resolves the
+        # head's 127.0.0.1 to the machine's address: with worker nodes the head listens there too.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if cfg.workers else "0",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="disabled",  # a local cluster on loopback
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # `down` means now; draining is for rolling upgrades
@@ -167,7 +197,12 @@ def mlflow_service(cfg: StackConfig) -> Service:
 
 
 def services(cfg: StackConfig) -> list[Service]:
-    return [ray_service(cfg), mlflow_service(cfg)]
+    """Every service, the head before the workers that join it."""
+    return [ray_service(cfg), *workers(cfg), mlflow_service(cfg)]
+
+
+def workers(cfg: StackConfig) -> list[Service]:
+    return [worker_service(cfg, i) for i in range(1, cfg.workers + 1)]
 
 
 # Ray's Unix sockets live at <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/<name>, and a
@@ -209,7 +244,7 @@ class ServiceStatus:
     def describe(self) -> str:
         state = "healthy" if self.healthy else "NOT ANSWERING" if self.pid else "not running"
         pid = f"pid {self.pid}" if self.pid else "-"
-        return f"{self.name:<7}{state:<15}{pid:<11}{self.address}  (log {self.log})"
+        return f"{self.name:<14}{state:<15}{pid:<11}{self.address}  (log {self.log})"
 
 
 @dataclass(frozen=True)
@@ -218,10 +253,11 @@ class StackStatus:
     mlflow: ServiceStatus
     storage: Path
     started: tuple[str, ...] = ()  # the services the `up` that returned this started
+    workers: tuple[ServiceStatus, ...] = ()  # the worker nodes'
 
     @property
     def healthy(self) -> bool:
-        return self.ray.healthy and self.mlflow.healthy
+        return self.ray.healthy and self.mlflow.healthy and all(w.healthy for w in self.workers)
 
     def env(self) -> dict[str, str]:
         """The variables a user exports to use the stack."""
@@ -234,7 +270,7 @@ class StackStatus:
         return [f"{k}={v}" for k, v in self.env().items()]
 
     def report(self) -> str:
-        return "\n".join([self.ray.describe(), self.mlflow.describe(), *self.env_lines()])
+        return "\n".join([self.ray.describe(), *(w.describe() for w in self.workers), self.mlflow.describe(), *self.env_lines()])
 
 
 def service_status(service: Service, root: Path) -> ServiceStatus:
@@ -244,8 +280,9 @@ def service_status(service: Service, root: Path) -> ServiceStatus:
 
 
 def status(cfg: StackConfig) -> StackStatus:
-    ray, mlflow = (service_status(s, cfg.root) for s in services(cfg))
-    return StackStatus(ray, mlflow, cfg.storage)
+    root = cfg.root
+    nodes = tuple(service_status(w, root) for w in workers(cfg))
+    return StackStatus(service_status(ray_service(cfg), root), service_status(mlflow_service(cfg), root), cfg.storage, workers=nodes)
 
 
 def _pid_file(root: Path, service: Service) -> Path:
@@ -269,8 +306,11 @@ def up(cfg: StackConfig) -> StackStatus:
     pending = [s for s in services(cfg) if not _already_running(s, root, cfg.stop_timeout_s)]
     _check_ports_free(pending)
     started: list[Service] = []
+    nodes = {w.name for w in workers(cfg)}
     try:
-        for service in pending:  # launch all, then wait: they start in parallel
+        for service in pending:  # launch all, then wait: they start in parallel ...
+            if service.name in nodes:  # ... but a worker node needs the head's GCS
+                wait_ready(ray_service(cfg), root)
             start_service(service, root)
             started.append(service)
         for service in started:
@@ -332,5 +372,5 @@ def stop_service(service: Service, root: Path, timeout_s: float) -> int | None:
 def down(cfg: StackConfig) -> dict[str, int]:
     """Stop this stack's services (and nothing else on the machine). Returns {name: pid} of those
     that were running; stale pid files are removed. Safe to call when nothing runs."""
-    stopped = {s.name: stop_service(s, cfg.root, cfg.stop_timeout_s) for s in services(cfg)}
+    stopped = {s.name: stop_service(s, cfg.root, cfg.stop_timeout_s) for s in reversed(services(cfg))}  # workers before their head
     return {name: pid for name, pid in stopped.items() if pid is not None}

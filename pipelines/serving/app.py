@@ -23,11 +23,13 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from ray import serve
+from ray.util.placement_group import get_current_placement_group
 
 from components.config import DecoderConfig, FrozenConfig, GenerationConfig
 from components.data.corpus import Corpus
@@ -43,6 +45,25 @@ from pipelines.serving.metrics import ServeMetrics
 from pipelines.serving.tracing import Tracer, TracingConfig
 
 
+class Autoscaling(FrozenConfig):
+    """Ray Serve's autoscaling of the replicas (each with its own FAISS actor in its own bundle):
+    replicas are added while the ongoing requests per replica stay above the target."""
+
+    min_replicas: NonNegativeInt = Field(1, description="0: none while idle; the first request then waits for a model to load")
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = Field(4.0, description="requests per replica (decoding or waiting to join) to scale toward")
+    upscale_delay_s: NonNegativeFloat = 30.0
+    downscale_delay_s: NonNegativeFloat = 600.0
+    look_back_period_s: PositiveFloat = 30.0  # the window the ongoing requests are averaged over
+    metrics_interval_s: PositiveFloat = 10.0  # how often replicas report them
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
 class ServeArgs(FrozenConfig):
     """The application's arguments (the `args:` of a Serve config)."""
 
@@ -52,6 +73,8 @@ class ServeArgs(FrozenConfig):
     index_dir: str | None = None  # ... and its index
     served_name: str | None = None  # the `model` clients name; default: the registered name or the dir name
     num_replicas: PositiveInt = 1
+    autoscaling: Autoscaling | None = Field(None, description="replicas scale with the load between min and max "
+                                                             "(instead of num_replicas)")
     replica_cpus: PositiveFloat = 1.0
     faiss_cpus: PositiveFloat = 0.5
     max_batch: PositiveInt = Field(8, description="rows decoding together (requests × n)")
@@ -65,6 +88,7 @@ class ServeArgs(FrozenConfig):
                                   "only an empty batch (each batch runs to its end; the baseline bench.serve_latency compares)")
     max_tokens_limit: PositiveInt = 512
     poll_interval_s: float = Field(30.0, ge=0)  # follow the registry alias; 0: never
+    metrics: bool = Field(True, description="report requests, latency, tokens, retrievals, queue and rows through Ray's metrics")
     tracing: TracingConfig = Field(TracingConfig(), description="MLflow Tracing of a sampled share of requests, logged to "
                                                                 "tracking_uri (off by default)")
     api_key_env: str | None = None  # name of the environment variable holding the bearer key
@@ -73,6 +97,8 @@ class ServeArgs(FrozenConfig):
     def _one_source(self) -> ServeArgs:
         if (self.model_uri is None) == (self.model_dir is None):
             raise ValueError("give exactly one of model_uri (models:/name@alias) and model_dir")
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("give num_replicas or autoscaling, not both")
         return self
 
 
@@ -246,7 +272,10 @@ class OneGenServer:
     def __init__(self, args: dict):
         self._stop = threading.Event()
         self.args = ServeArgs.model_validate(args)
-        self.faiss_name = f"onegen-faiss-{serve.get_replica_context().replica_id.unique_id}"
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.faiss_name = f"onegen-faiss-{self.replica}"
+        pg = get_current_placement_group()  # the replica's own: bundle 0 it, bundle 1 its FAISS actor
+        self.placement_group = pg.id.hex() if pg else None
         self.faiss: FaissHost | None = None  # made with the first index
         self.loads = 0
         self.current = self._load()
@@ -255,9 +284,10 @@ class OneGenServer:
         self.batcher = Batcher(lambda: self.current.decoder, max_batch=a.max_batch, max_tokens=a.max_tokens_in_flight,
                                max_waiting=a.max_waiting, static=a.batching == "static").start()
         app.state.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
-        self.metrics = app.state.metrics = ServeMetrics()
+        self.metrics = app.state.metrics = ServeMetrics() if a.metrics else None
         self.tracer = Tracer(a.tracing, a.tracking_uri, {"onegen.model": self.served_name}) if a.tracing.sample_rate > 0 else None
-        threading.Thread(target=self._report, name="onegen-metrics", daemon=True).start()
+        if self.metrics is not None:
+            threading.Thread(target=self._report, name="onegen-metrics", daemon=True).start()
         if self.args.model_uri and self.args.poll_interval_s > 0:
             threading.Thread(target=self._follow_alias, name="onegen-alias", daemon=True).start()
 
@@ -290,7 +320,8 @@ class OneGenServer:
 
     def _switch(self) -> None:
         previous, self.current = self.current, self._load()  # batches pick it up as they start
-        self.metrics.serving(self.current.version, previous.version)
+        if self.metrics is not None:
+            self.metrics.serving(self.current.version, previous.version)
         self._retire(also_keep=previous.decoder)  # a batch may be starting on it right now
 
     def _report(self) -> None:
@@ -346,6 +377,8 @@ class OneGenServer:
     def healthz(self) -> dict:
         steps = self.current.decoder.steps
         return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version,
+                "replica": self.replica, "node_id": ray.get_runtime_context().get_node_id(), "placement_group": self.placement_group,
+                "faiss_actor": self.faiss and self.faiss.actor_name,
                 "decoder": {"matmul_dtype": str(steps.matmul_dtype).removeprefix("torch."), "threads": self.current.decoder.config.threads,
                             "batching": self.args.batching}}  # fmt: skip
 
@@ -426,8 +459,11 @@ class OneGenServer:
                                                     current.version)  # fmt: skip
 
         def deliver(choice: int):
-            put = self.metrics.watch(lambda e: loop.call_soon_threadsafe(events.put_nowait, (choice, e)))
-            return trace.watch(choice, put) if trace else put
+            def put(event) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (choice, event))
+
+            watched = self.metrics.watch(put) if self.metrics is not None else put
+            return trace.watch(choice, watched) if trace else watched
 
         rows = [DecodeRequest(prompt, config, deliver(choice)) for choice, config in enumerate(configs)]
         try:
@@ -493,12 +529,13 @@ def deployment(args: dict, runtime_env: dict | None = None) -> serve.Application
     runtime_env = dict(runtime_env or {})
     runtime_env["env_vars"] = {"OMP_NUM_THREADS": "1", **runtime_env.get("env_vars", {})}
     actor_options = {"num_cpus": cfg.replica_cpus, "runtime_env": runtime_env}  # all of bundle 0
+    replicas = {"num_replicas": cfg.num_replicas} if cfg.autoscaling is None else {"autoscaling_config": cfg.autoscaling.model_dump()}
     return OneGenServer.options(
-        num_replicas=cfg.num_replicas,
+        **replicas,
         ray_actor_options=actor_options,
         placement_group_bundles=[{"CPU": cfg.replica_cpus}, {"CPU": cfg.faiss_cpus}],
         placement_group_strategy="STRICT_PACK",
-    ).bind(cfg.model_dump())
+    ).bind(cfg.model_dump(exclude_unset=True))  # what was given: a default is no choice (num_replicas beside autoscaling)
 
 
 def build_app(args: dict) -> serve.Application:

@@ -27,7 +27,7 @@ def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str |
                  index_dir: str | None = None, port: int | None = None) -> dict:
     """`config` (a Serve config, e.g. infra/serve.yaml) with a model source and port applied, running
     this checkout in place: a Serve config, unlike `ray job submit`, takes no local path to upload,
-    and on the local stack the checkout is already on the only node."""
+    and every node of the local stack runs on this machine, where the checkout is."""
     config = copy.deepcopy(config)
     app = config["applications"][0]
     if model_dir is not None:
@@ -37,6 +37,8 @@ def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str |
         app["args"]["model_uri"] = model_uri
     if port is not None:
         config["http_options"]["port"] = port
+    # Every node of the local stack is on this machine: a proxy per node would bind the same port.
+    config["proxy_location"] = "HeadOnly"
     app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": f"local://{REPO}"}
     return config
 
@@ -64,3 +66,16 @@ def deploy(config: dict, address: str, timeout_s: float, on_status: Callable[[st
                 raise DeployError(f"{name} failed to deploy:\n{app.get('message', '')}")
             time.sleep(2)
     raise DeployError(f"{name} was not running after {timeout_s:.0f}s (status {status}); see `serve status -a {address}`")
+
+
+def wait_healthy(url: str, timeout_s: float = 300) -> None:
+    """Wait until the app at `url` answers `GET /healthz` with 200 (a replica is up and decoding)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise DeployError(f"{url}/healthz did not answer 200 within {timeout_s:.0f}s")

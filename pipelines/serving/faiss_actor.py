@@ -46,7 +46,9 @@ class FaissSearcher:
 
     def info(self, key: str | None = None) -> dict:
         """Where the actor runs and what it holds; with a key, that index's size and kind."""
-        out = {"loaded": sorted(self.indexes), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        pg = get_current_placement_group()
+        out = {"loaded": sorted(self.indexes), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+               "placement_group": pg.id.hex() if pg else None}  # fmt: skip
         if key is not None:
             index = self.indexes[key]
             out.update(documents=index.ntotal, dimension=index.dimension, kind=index.kind)
@@ -64,10 +66,14 @@ class FaissHost:
         self._lock = threading.Lock()
         self.actor = self._start()
 
+    @property
+    def actor_name(self) -> str | None:
+        """The live actor's name: a new one per start, as a dead actor's name may not be free again at once."""
+        return f"{self.name}-{self.restarts}" if self.name else None
+
     def _start(self):
         pg = get_current_placement_group()  # the replica's own group, when it has one
-        # A new name per start: a dead actor's name may not be free again at once.
-        options = {"num_cpus": self.num_cpus, "name": f"{self.name}-{self.restarts}" if self.name else None}
+        options = {"num_cpus": self.num_cpus, "name": self.actor_name}
         if pg is not None:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=1)
         actor = FaissSearcher.options(**options).remote()

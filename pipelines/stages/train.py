@@ -103,7 +103,8 @@ def make_trainer(cfg: PipelineConfig, run_id: str, on_step=None):
         train_loop,
         train_loop_config={"pipeline": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "on_step": on_step},
         # Below one CPU a worker leaves Ray Data room to feed it (the deadlock in STACK_NOTES).
-        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=workers.placement_strategy),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=ckpt_path,

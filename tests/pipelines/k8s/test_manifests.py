@@ -155,6 +155,19 @@ def test_the_serve_args_are_fields_of_the_apps_serve_args(rendered):
         assert set(app["args"]) <= fields
 
 
+@pytest.mark.parametrize("overlay", ["overlays/gpu", "overlays/dev-cpu"])
+def test_the_serve_app_autoscales_within_the_worker_pods_the_cluster_may_add(rendered, overlay):
+    """One replica per worker pod (its bundles fill the pod): Serve may not ask for more replicas
+    than Ray's autoscaler may add pods, and the args are what the app accepts."""
+    app_module = pytest.importorskip("pipelines.serving.app")
+    service = rendered[overlay]["RayService"]["spec"]
+    (app,) = serve_config(rendered[overlay])["applications"]
+    args = app_module.ServeArgs.model_validate(app["args"])
+    assert args.autoscaling is not None and service["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    pods = sum(g["maxReplicas"] for g in service["rayClusterConfig"]["workerGroupSpecs"])
+    assert args.autoscaling.min_replicas >= 1 and args.autoscaling.max_replicas <= pods
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_ray_pod_is_scraped_by_prometheus_on_ray_s_metrics_port(rendered, overlay):
     """KubeRay starts each node with --metrics-export-port 8080: Ray's series and the Serve app's onegen_* ones."""

@@ -66,6 +66,8 @@ def test_config_yaml_then_overrides(tmp_path):
         StackConfig.load(path)
     with pytest.raises(ValidationError, match="ports must differ"):
         StackConfig(mlflow_port=8265)
+    with pytest.raises(ValidationError, match="worker nodes' included"):  # worker 1's metrics port: 8080 + 1
+        StackConfig(workers=1, mlflow_port=8081)
 
 
 @pytest.mark.timeout(30)

@@ -17,7 +17,8 @@ import pytest
 from components.data.corpus import Corpus
 from components.data.schema import Document
 from components.retrieval.index import KNOWLEDGE_BASES_DIR, build_index
-from pipelines.local.processes import free_ports
+from pipelines.serving.deploy import wait_healthy
+from tests.pipelines.serving.conftest import faiss_actors, saved
 
 KEY = "test-key"
 NAME = "tiny"
@@ -26,39 +27,21 @@ WORD_SENSES = [Document(id="wordnet:03126580-n", title="crane (noun)", text="lif
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, trained_tiny, tmp_path_factory):
-    """The app on a free port, with an API key from the replica's environment."""
+def server(serve_url, trained_tiny, tmp_path_factory):
+    """The app at /, with an API key from the replica's environment."""
     from ray import serve
 
     from pipelines.serving.app import deployment
 
     root = tmp_path_factory.mktemp("serve")
-    trained_tiny.model.save_pretrained(root / "model")
-    build_index(trained_tiny.model, trained_tiny.corpus).save(root / "index")
+    dirs = saved(trained_tiny, root)
     build_index(trained_tiny.model, Corpus(WORD_SENSES)).save(root / "index" / KNOWLEDGE_BASES_DIR / "wordnet")  # a second knowledge base
-    (port,) = free_ports(1)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model_dir": str(root / "model"), "index_dir": str(root / "index"), "served_name": NAME,
-            "max_tokens_limit": 64, "api_key_env": "ONEGEN_TEST_KEY", "replica_cpus": 0.5, "faiss_cpus": 0.25}  # fmt: skip
+    args = {**dirs, "served_name": NAME, "max_tokens_limit": 64, "api_key_env": "ONEGEN_TEST_KEY", "replica_cpus": 0.5, "faiss_cpus": 0.25}
     app = deployment(args, runtime_env={"env_vars": {"ONEGEN_TEST_KEY": KEY}})
     serve.run(app, name="onegen", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url)
-    yield url
+    wait_healthy(serve_url, timeout_s=120)
+    yield serve_url
     serve.delete("onegen")
-    serve.shutdown()
-
-
-def _wait_healthy(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz did not answer in {timeout}s")
 
 
 @pytest.fixture
@@ -329,27 +312,15 @@ def test_without_the_api_key_401(server):
     assert httpx.get(f"{server}/healthz").status_code == 200  # health stays open for probes
 
 
-def faiss_actors(ray) -> dict[str, int]:
-    """name → pid of the FAISS actors alive now."""
-    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("onegen-faiss-")]
-    pids = {}
-    for a in named:
-        try:
-            pids[a["name"]] = ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).info.remote(), timeout=30)["pid"]
-        except (ValueError, ray.exceptions.RayActorError):  # gone since listed
-            pass
-    return pids
-
-
 @pytest.mark.timeout(300)
 def test_a_killed_faiss_actor_is_recreated(server, client, in_process, ray_cluster):
     before = faiss_actors(ray_cluster)
     assert len(before) == 1
-    os.kill(next(iter(before.values())), signal.SIGKILL)  # the process dies, as in a crash
+    os.kill(next(iter(before.values()))["pid"], signal.SIGKILL)  # the process dies, as in a crash
     out = client.chat.completions.create(model=NAME, messages=ask("black horse"), max_tokens=24, temperature=0)
     assert out.model_extra["retrieval"][0]["doc_ids"] == in_process(ask("black horse")).hops[0].doc_ids
     after = faiss_actors(ray_cluster)
-    assert len(after) == 1 and set(after.values()) != set(before.values())
+    assert len(after) == 1 and [a["pid"] for a in after.values()] != [b["pid"] for b in before.values()]
 
 
 @pytest.mark.timeout(300)
@@ -429,7 +400,7 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(server, trained_tiny,
     args = {"model_dir": str(tmp_path / "model"), "served_name": NAME, "max_batch": 1, "max_waiting": 1, "replica_cpus": 0.25}
     serve.run(deployment(args), name="onegen-busy", route_prefix="/busy", blocking=False)
     busy = f"{server}/busy"
-    _wait_healthy(busy)
+    wait_healthy(busy, timeout_s=120)
 
     async def burst() -> list[httpx.Response]:
         body = {"model": NAME, "messages": ask("red cat"), "max_tokens": 64, "temperature": 0,
@@ -489,49 +460,3 @@ def test_metrics_are_scraped_from_ray_s_prometheus_endpoint(server, client, ray_
     assert any(t.get("version") == "local" and v == 1 for t, v in found["ray_onegen_model_version"])
     assert any(t.get("deployment") == "OneGenServer" for t, _ in found["ray_onegen_requests_total"])
 
-
-@pytest.mark.timeout(240)
-def test_a_traced_request_is_read_back_from_mlflow_with_a_retriever_span_per_hop(server, trained_tiny, mlflow_server, tmp_path):
-    """Tracing on (sampling 1.0): the request's trace reaches the tracking server, its RETRIEVER
-    spans hold the inserted passages as MLflow Documents with their scores, in the answer's order."""
-    import mlflow
-    from mlflow.entities import SpanType
-    from ray import serve
-
-    from pipelines.serving.app import deployment
-
-    trained_tiny.model.save_pretrained(tmp_path / "model")
-    build_index(trained_tiny.model, trained_tiny.corpus).save(tmp_path / "index")
-    args = {"model_dir": str(tmp_path / "model"), "index_dir": str(tmp_path / "index"), "served_name": NAME, "replica_cpus": 0.25,
-            "faiss_cpus": 0.25, "tracking_uri": mlflow_server, "tracing": {"sample_rate": 1.0, "experiment": "traced-serving"}}
-    serve.run(deployment(args), name="onegen-traced", route_prefix="/traced", blocking=False)
-    traced = f"{server}/traced"
-    client = mlflow.MlflowClient(mlflow_server)
-    try:
-        _wait_healthy(traced)
-        sent = {"model": NAME, "messages": ask("green cat"), "max_tokens": 24, "temperature": 0}
-        answer = httpx.post(f"{traced}/v1/chat/completions", json=sent, timeout=120).json()
-        experiment = client.get_experiment_by_name("traced-serving").experiment_id
-        deadline, traces = time.time() + 60, []
-        while time.time() < deadline and not traces:  # exported asynchronously
-            traces = client.search_traces(locations=[experiment])
-            time.sleep(1)
-    finally:
-        serve.delete("onegen-traced")
-    hops = answer["retrieval"]
-    assert hops  # this question retrieves (the first test shows it)
-    (trace,) = traces
-    root = next(s for s in trace.data.spans if s.parent_id is None)
-    assert root.name == "POST /v1/chat/completions" and root.inputs == sent
-    assert root.outputs == {"choices": [answer["choices"][0]["message"]["content"]]}
-    (generate,) = [s for s in trace.data.spans if s.span_type == SpanType.CHAT_MODEL]
-    usage = generate.get_attribute("mlflow.chat.tokenUsage")
-    assert usage["output_tokens"] == answer["usage"]["completion_tokens"] and usage["input_tokens"] == answer["usage"]["prompt_tokens"]
-    retrievals = sorted((s for s in trace.data.spans if s.span_type == SpanType.RETRIEVER), key=lambda s: s.start_time_ns)
-    assert [s.parent_id for s in retrievals] == [generate.span_id] * len(hops)
-    for span, hop in zip(retrievals, hops):
-        assert [d["id"] for d in span.outputs] == hop["doc_ids"]
-        assert [d["metadata"]["score"] for d in span.outputs] == pytest.approx(hop["scores"])
-        assert [d["page_content"] for d in span.outputs] == [trained_tiny.corpus[i].text for i in hop["doc_ids"]]
-        assert root.start_time_ns <= span.start_time_ns <= span.end_time_ns <= generate.end_time_ns
-    assert trace.info.trace_metadata["onegen.model_version"] == "local"
