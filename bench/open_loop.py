@@ -26,27 +26,38 @@ def arrivals(rate: float, seconds: float, seed: int) -> list[float]:
 
 
 async def _one(http, url: str, body: dict, at: float, start: float) -> dict:
+    """One request at its time: its status (0: no HTTP answer), latency, TTFT, tokens; a refusal's
+    Retry-After; a stream that ended in an error chunk is not a success."""
+    import httpx
+
     await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
     sent = time.perf_counter()
     first, tokens = None, 0
-    async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return {"status": r.status_code, "latency_s": time.perf_counter() - sent}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            if first is None and any(c.get("delta", {}).get("content") for c in chunk["choices"]):
-                first = time.perf_counter() - sent
+    try:
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return {"status": r.status_code, "at": at, "latency_s": time.perf_counter() - sent,
+                        "retry_after": r.headers.get("retry-after")}  # fmt: skip
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return {"status": 200, "at": at, "latency_s": time.perf_counter() - sent, "stream_error": chunk["error"]["message"]}
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if first is None and any(c.get("delta", {}).get("content") for c in chunk["choices"]):
+                    first = time.perf_counter() - sent
+    except httpx.HTTPError as err:
+        return {"status": 0, "at": at, "latency_s": time.perf_counter() - sent, "error": repr(err)}
     done = time.perf_counter() - sent
-    return {"status": 200, "latency_s": done, "ttft_s": first if first is not None else done, "tokens": tokens}
+    return {"status": 200, "at": at, "latency_s": done, "ttft_s": first if first is not None else done, "tokens": tokens}
 
 
-def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict) -> dict:
-    """Send `questions` (cycled) at `times`; latency and TTFT percentiles, throughput, errors."""
+def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict, keep_answers: bool = False) -> dict:
+    """Send `questions` (cycled) at `times`; latency and TTFT percentiles, throughput, errors (and
+    every request's own outcome, with `keep_answers`)."""
     import httpx
 
     async def all_of_them() -> list[dict]:
@@ -60,9 +71,9 @@ def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict) 
     began = time.perf_counter()
     answers = asyncio.run(all_of_them())
     wall = time.perf_counter() - began
-    ok = [a for a in answers if a["status"] == 200]
+    ok = [a for a in answers if a["status"] == 200 and "stream_error" not in a]
     latencies, ttfts = sorted(a["latency_s"] for a in ok), sorted(a["ttft_s"] for a in ok)
-    return {
+    return ({"answers": answers} if keep_answers else {}) | {
         "requests": len(answers), "ok": len(ok), "errors": len(answers) - len(ok),
         "p50_s": statistics.median(latencies), "p99_s": percentile(latencies, 0.99),
         "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": percentile(ttfts, 0.99),

@@ -32,25 +32,36 @@ def write_job_config(cfg: PipelineConfig, stage: str) -> str:
 def submit(stage: str, config: str | PipelineConfig, address: str, wait: bool = True) -> int:
     """Submit `ray_jobs.<stage>` with `config` (a preset, a file, or a config); with `wait`, stream
     its logs and return 0 only if it succeeded."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
+
+    job_id = start(stage, config, address)
+    return follow(JobSubmissionClient(address), job_id, stage) if wait else 0
+
+
+def start(stage: str, config: str | PipelineConfig, address: str) -> str:
+    """Submit `ray_jobs.<stage>` with `config`; its job id."""
+    from ray.job_submission import JobSubmissionClient
 
     cfg = resolve_local_paths(config if isinstance(config, PipelineConfig) else load_config(config), Path.cwd())
     path = write_job_config(cfg, stage)
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(
+    job_id = JobSubmissionClient(address).submit_job(
         entrypoint=f"python -m ray_jobs.{stage} --config {path}",
         runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
         metadata={"onegen_stage": stage, "onegen_run": cfg.name},
     )
     print(f"submitted {stage} job {job_id} to {address} (config {path})", flush=True)
-    if not wait:
-        return 0
+    return job_id
 
-    async def follow() -> None:
+
+def follow(client, job_id: str, stage: str) -> int:
+    """Stream the job's logs until it ends; 0 only if it succeeded."""
+    from ray.job_submission import JobStatus
+
+    async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)
 
-    asyncio.run(follow())
+    asyncio.run(tail())
     status = client.get_job_status(job_id)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         time.sleep(0.5)
