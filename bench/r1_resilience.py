@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import re
 import shutil
 import signal
@@ -32,8 +31,8 @@ from pathlib import Path
 import httpx
 
 from bench import open_loop
-from bench.common import REPO, RESULTS_DIR, command_line, device_string, example_rows, questions_and_gold, write_result, write_results_md
-from bench.serve_latency import default_model
+from bench.common import RESULTS_DIR, command_line, device_string, write_result, write_results_md
+from bench.serve_latency import add_served_model_args, dev_questions, served_model
 
 WHAT = ("requests that succeed, or are refused with 429/503 and Retry-After, ÷ all requests, under open-loop load on a "
         "2-node local stack while one replica's FAISS actor and one training worker are SIGKILLed; the training job "
@@ -98,9 +97,7 @@ def training_config(root: Path, tracking_uri: str, data: Path, steps: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.r1_resilience")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--index", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=REPO / "data", help="the `onegen data build` directory")
+    add_served_model_args(parser)
     parser.add_argument("--seconds", type=float, default=60, help="open-loop arrivals over this long")
     parser.add_argument("--rate", type=float, default=0.3, help="requests per second (Poisson)")
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
@@ -111,12 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    model_dir, index_dir = (args.model, args.index) if args.model else default_model()
-    if not (model_dir / "onegen.json").is_file():
-        print(f"no model at {model_dir}: run `onegen main` first, or pass --model and --index", file=sys.stderr)
+    if (served := served_model(args)) is None:
         return 2
-    questions, _ = questions_and_gold(example_rows(args.data, "dev"))
-    random.Random(0).shuffle(questions)
+    model_dir, index_dir = served
+    questions = dev_questions(args.data)
 
     import yaml
     from ray.job_submission import JobSubmissionClient

@@ -167,11 +167,32 @@ def p10(urls: dict[str, str], questions: list[str], capacity: float, fractions: 
     return {"rates": rates, "ratio": max(r["ratio"] for r in rates), "arrival_seconds": seconds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serve_latency")
+def add_served_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --index (default: the main job's) and --data (where the dev questions are)."""
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--index", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=REPO / "data", help="the `onegen data build` directory (dev questions)")
+
+
+def served_model(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """(model dir, index dir) of the args; None, having said why, when there is no model there."""
+    model_dir, index_dir = (args.model, args.index) if args.model else default_model()
+    if not (model_dir / "onegen.json").is_file():
+        print(f"no model at {model_dir}: run `onegen main` first, or pass --model and --index", file=sys.stderr)
+        return None
+    return model_dir, index_dir
+
+
+def dev_questions(data: Path) -> list[str]:
+    """The FanOutQA dev questions, in an order drawn without looking at them."""
+    questions, _ = questions_and_gold(example_rows(data, "dev"))
+    random.Random(0).shuffle(questions)
+    return questions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_latency")
+    add_served_model_args(parser)
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each request")
     parser.add_argument("--seconds", type=float, default=30, help="per closed-loop concurrency level")
     parser.add_argument("--p10-seconds", type=float, default=60, help="arrivals over this long, per rate")
@@ -180,13 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    model_dir, index_dir = (args.model, args.index) if args.model else default_model()
-    if not (model_dir / "onegen.json").is_file():
-        print(f"no model at {model_dir}: run `onegen main` first, or pass --model and --index", file=sys.stderr)
+    if (served := served_model(args)) is None:
         return 2
+    model_dir, index_dir = served
     command = command_line("bench.serve_latency", argv)
-    questions, _ = questions_and_gold(example_rows(args.data, "dev"))
-    random.Random(0).shuffle(questions)  # an order drawn without looking at them
+    questions = dev_questions(args.data)
 
     import httpx
     import torch

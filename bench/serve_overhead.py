@@ -14,25 +14,21 @@ are counted on the tracking server afterwards.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import (
-    REPO,
     RESULTS_DIR,
     command_line,
     device_string,
-    example_rows,
     interleave,
-    questions_and_gold,
     timed,
     write_result,
     write_results_md,
 )
-from bench.serve_latency import closed_loop, default_model, level_lines, start_apps
+from bench.serve_latency import add_served_model_args, closed_loop, dev_questions, level_lines, served_model, start_apps
 
 EXPERIMENT = "bench-serve-overhead"
 WHAT = ("p50 latency of a chat request with the replica's metrics on and every request traced to MLflow (sampling "
@@ -62,21 +58,17 @@ def count_traces(client, experiment_id: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_overhead")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--index", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=REPO / "data", help="the `onegen data build` directory (dev questions)")
+    add_served_model_args(parser)
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each request")
     parser.add_argument("--reps", type=int, default=15, help="interleaved single-client rounds")
     parser.add_argument("--seconds", type=float, default=20, help="the 8-client closed loop, per app")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    model_dir, index_dir = (args.model, args.index) if args.model else default_model()
-    if not (model_dir / "onegen.json").is_file():
-        print(f"no model at {model_dir}: run `onegen main` first, or pass --model and --index", file=sys.stderr)
+    if (served := served_model(args)) is None:
         return 2
-    questions, _ = questions_and_gold(example_rows(args.data, "dev"))
-    random.Random(0).shuffle(questions)
+    model_dir, index_dir = served
+    questions = dev_questions(args.data)
 
     import httpx
     import mlflow
