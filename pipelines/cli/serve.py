@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
 import yaml
 from pydantic import Field
 
@@ -40,7 +41,8 @@ class Serve(Command):
         except DeployError as err:
             print(str(err), file=sys.stderr)
             return 1
-        print(f"{app['name']} is running at {url}/v1 (OpenAI-compatible; OpenAPI spec at {url}/openapi.json)")
+        served = httpx.get(f"{url}/healthz", timeout=30, trust_env=False).json()["model"]  # the name clients give as `model`
+        print(f"{app['name']} is running at {url}/v1 serving {served!r} (OpenAI-compatible; OpenAPI spec at {url}/openapi.json)")
         print(f'  curl {url}/v1/chat/completions -H "Content-Type: application/json" '
-              f"-d '{{\"model\": \"onegen\", \"messages\": [{{\"role\": \"user\", \"content\": \"Who wrote Hamlet?\"}}]}}'")  # fmt: skip
+              f"-d '{{\"model\": \"{served}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Who wrote Hamlet?\"}}]}}'")  # fmt: skip
         return 0

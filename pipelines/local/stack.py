@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -196,13 +197,17 @@ def mlflow_service(cfg: StackConfig) -> Service:
     )
 
 
-def services(cfg: StackConfig) -> list[Service]:
-    """Every service, the head before the workers that join it."""
-    return [ray_service(cfg), *workers(cfg), mlflow_service(cfg)]
+def services(cfg: StackConfig, started: bool = False) -> list[Service]:
+    """Every service, the head before the workers that join it (with `started`, also the workers an
+    earlier `up --workers N` left pid files for)."""
+    return [ray_service(cfg), *workers(cfg, started), mlflow_service(cfg)]
 
 
-def workers(cfg: StackConfig) -> list[Service]:
-    return [worker_service(cfg, i) for i in range(1, cfg.workers + 1)]
+def workers(cfg: StackConfig, started: bool = False) -> list[Service]:
+    """The worker nodes `cfg` asks for; with `started`, also those with a pid file in the state
+    directory, so that `onegen down` and `status` without `--workers` still find them."""
+    found = [int(m.group(1)) for p in cfg.root.glob("ray-worker-*.pid") if (m := re.fullmatch(r"ray-worker-(\d+)\.pid", p.name))]
+    return [worker_service(cfg, i) for i in range(1, max([cfg.workers, *(found if started else [])]) + 1)]
 
 
 # Ray's Unix sockets live at <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/<name>, and a
@@ -281,7 +286,7 @@ def service_status(service: Service, root: Path) -> ServiceStatus:
 
 def status(cfg: StackConfig) -> StackStatus:
     root = cfg.root
-    nodes = tuple(service_status(w, root) for w in workers(cfg))
+    nodes = tuple(service_status(w, root) for w in workers(cfg, started=True))
     return StackStatus(service_status(ray_service(cfg), root), service_status(mlflow_service(cfg), root), cfg.storage, workers=nodes)
 
 
@@ -372,5 +377,5 @@ def stop_service(service: Service, root: Path, timeout_s: float) -> int | None:
 def down(cfg: StackConfig) -> dict[str, int]:
     """Stop this stack's services (and nothing else on the machine). Returns {name: pid} of those
     that were running; stale pid files are removed. Safe to call when nothing runs."""
-    stopped = {s.name: stop_service(s, cfg.root, cfg.stop_timeout_s) for s in reversed(services(cfg))}  # workers before their head
+    stopped = {s.name: stop_service(s, cfg.root, cfg.stop_timeout_s) for s in reversed(services(cfg, started=True))}  # workers before their head
     return {name: pid for name, pid in stopped.items() if pid is not None}

@@ -5,6 +5,7 @@ with the job, its data, checkpoints and model through the storage root, here S3 
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import uuid
@@ -20,12 +21,9 @@ from pipelines.cli.serve import CONFIG
 from pipelines.local.jobs import submit
 from pipelines.local.processes import free_ports
 from pipelines.local.stack import StackConfig, ray_temp_dir, status
-from pipelines.serving.deploy import deploy, serve_config, wait_healthy
 from tests.fixtures.servers import stack_on_free_ports
 from tests.pipelines.serving.conftest import saved
 from tests.pipelines.stages.test_train import tiny_config, write_prepared
-
-NAME = "tiny"
 
 
 @pytest.fixture(autouse=True)
@@ -87,12 +85,15 @@ def test_a_worker_node_joins_trains_serves_a_replica_and_stops_with_the_stack(tm
         workers = [a for a in actors(dashboard) if a["class_name"] == "RayTrainWorker"]
         assert {a["node_id"] for a in workers} == {n["node_id"] for n in nodes}, [(a["class_name"], a["node_id"], a["state"]) for a in actors(dashboard)]
 
-        (port,) = free_ports(1)
-        config = serve_config(yaml.safe_load(CONFIG.read_text()), **saved(trained_tiny, tmp_path), port=port)
-        config["applications"][0]["args"].update(served_name=NAME, num_replicas=2, replica_cpus=1.5, faiss_cpus=0.5,
-                                                 max_tokens_limit=64, api_key_env=None)  # fmt: skip
-        url = deploy(config, dashboard, timeout_s=400)
-        wait_healthy(url, timeout_s=60)
+        (port,) = free_ports(1)  # `onegen serve` with a Serve config of two replicas, one per node
+        serve_yaml = yaml.safe_load(CONFIG.read_text())
+        serve_yaml["applications"][0]["args"].update(num_replicas=2, replica_cpus=1.5, faiss_cpus=0.5, max_tokens_limit=64, api_key_env=None)
+        (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_yaml))
+        dirs = saved(trained_tiny, tmp_path)
+        assert main(["serve", "--config", str(tmp_path / "serve.yaml"), "--model", dirs["model_dir"], "--index", dirs["index_dir"],
+                     "--port", str(port), "--address", dashboard]) == 0, capsys.readouterr().err  # fmt: skip
+        printed = capsys.readouterr().out
+        url, served = f"http://127.0.0.1:{port}", re.search(r'"model": "([^"]+)"', printed).group(1)  # the curl it prints
         seen = {}
         with httpx.Client(timeout=60, trust_env=False) as http:
             for _ in range(100):  # the proxy spreads requests over both replicas
@@ -100,12 +101,12 @@ def test_a_worker_node_joins_trains_serves_a_replica_and_stops_with_the_stack(tm
                 seen[health["replica"]] = health
                 if len(seen) == 2:
                     break
-            body = {"model": NAME, "messages": [{"role": "user", "content": "What is the green cat called?"}], "max_tokens": 16}
+            body = {"model": served, "messages": [{"role": "user", "content": "What is the green cat called?"}], "max_tokens": 16}
             answers = [http.post(f"{url}/v1/chat/completions", json=body) for _ in range(4)]
         assert {h["node_id"] for h in seen.values()} == {n["node_id"] for n in nodes}, (seen, nodes)  # a replica on each node
         assert all(a.status_code == 200 and a.json()["retrieval"] for a in answers)  # each replica searches its own FAISS actor
-    finally:
-        assert main(["down", *argv]) == 0
+    finally:  # without --workers, as a user who forgot it: the worker node is found by its pid file
+        assert main(["down", *argv, "--workers", "0"]) == 0
         shutil.rmtree(ray_temp_dir(cfg.root), ignore_errors=True)
     assert "stopped ray-worker-1" in capsys.readouterr().out
     after = status(cfg)
