@@ -26,14 +26,17 @@ class Serve(Command):
     index: Path | None = Field(None, description="its index directory (with --model)")
     port: int | None = Field(None, description="HTTP port; None: the config's (8000)")
     address: str = Field("http://127.0.0.1:8265", description="the Ray dashboard (RAY_ADDRESS of `onegen status`)")
+    code_root: str | None = Field(None, description="upload this checkout as a zip under this s3:// prefix and run the app from "
+                                                    "it (nodes on other machines); None: run it in place (local://)")
     timeout: float = Field(600, description="seconds to wait for the app to run")
 
     def run(self) -> int:
-        from pipelines.serving.deploy import DeployError, deploy, serve_config
+        from pipelines.serving.deploy import DeployError, deploy, package_code, serve_config
 
+        code = package_code(self.code_root) if self.code_root else None
         config = serve_config(yaml.safe_load(self.config.read_text()), model_uri=self.model_uri,
                               model_dir=str(self.model.resolve()) if self.model else None,
-                              index_dir=str(self.index.resolve()) if self.index else None, port=self.port)  # fmt: skip
+                              index_dir=str(self.index.resolve()) if self.index else None, port=self.port, code_uri=code)  # fmt: skip
         app = config["applications"][0]
         print(f"deploying {app['name']} ({app['args']}) to {self.address}", flush=True)
         try:

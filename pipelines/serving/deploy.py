@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -24,10 +26,11 @@ class DeployError(RuntimeError):
 
 
 def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str | None = None,
-                 index_dir: str | None = None, port: int | None = None) -> dict:
+                 index_dir: str | None = None, port: int | None = None, code_uri: str | None = None) -> dict:
     """`config` (a Serve config, e.g. infra/serve.yaml) with a model source and port applied, running
-    this checkout in place: a Serve config, unlike `ray job submit`, takes no local path to upload,
-    and every node of the local stack runs on this machine, where the checkout is."""
+    `code_uri` (a zip of this checkout, `package_code`) or else this checkout in place: a Serve
+    config, unlike `ray job submit`, takes no local path to upload, and `local://` works where every
+    node runs on this machine, where the checkout is."""
     config = copy.deepcopy(config)
     app = config["applications"][0]
     if model_dir is not None:
@@ -39,8 +42,41 @@ def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str |
         config["http_options"]["port"] = port
     # Every node of the local stack is on this machine: a proxy per node would bind the same port.
     config["proxy_location"] = "HeadOnly"
-    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": f"local://{REPO}"}
+    app["runtime_env"] = {**app.get("runtime_env", {}), "working_dir": code_uri or f"local://{REPO}"}
     return config
+
+
+# What a replica never needs: this machine's state, data, results, caches (Ray leaves .git and .venv out of its own packages too).
+SKIP_DIRS = {".git", ".venv", ".onegen", "data", "mlruns", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def package_code(root: str, endpoint_url: str | None = None) -> str:
+    """Zip this checkout under `root` (s3://bucket/prefix, or a directory every node can read) and
+    return its URI for a Serve `working_dir`: on a cluster of several machines, the code every
+    replica runs comes from there, not from this machine's disk. Named by its content's hash, so an
+    unchanged checkout is uploaded once."""
+    import hashlib
+    import io
+    import zipfile
+
+    from components.platform import storage
+
+    files = []
+    for directory, subdirs, names in os.walk(REPO):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))  # not walked at all
+        if Path(directory).relative_to(REPO).as_posix() != "bench/results":
+            files += [Path(directory) / n for n in sorted(names)]
+    digest, buffer = hashlib.sha1(), io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            name = path.relative_to(REPO).as_posix()
+            data = path.read_bytes()
+            digest.update(name.encode() + b"\0" + data)
+            archive.writestr(f"onegen/{name}", data)  # Ray unpacks the one top-level directory's contents
+    location = f"{root.rstrip('/')}/code/onegen-{digest.hexdigest()[:16]}.zip"
+    if not storage.exists(location, endpoint_url):
+        storage.write_bytes(location, buffer.getvalue(), endpoint_url)
+    return location
 
 
 def application_url(config: dict) -> str:

@@ -90,8 +90,11 @@ def test_a_worker_node_joins_trains_serves_a_replica_and_stops_with_the_stack(tm
         serve_yaml["applications"][0]["args"].update(num_replicas=2, replica_cpus=1.5, faiss_cpus=0.5, max_tokens_limit=64, api_key_env=None)
         (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_yaml))
         dirs = saved(trained_tiny, tmp_path)
+        code_root = f"s3://{s3_server.bucket}/code-{uuid.uuid4().hex[:6]}"  # the app's code travels through S3 too
         assert main(["serve", "--config", str(tmp_path / "serve.yaml"), "--model", dirs["model_dir"], "--index", dirs["index_dir"],
-                     "--port", str(port), "--address", dashboard]) == 0, capsys.readouterr().err  # fmt: skip
+                     "--port", str(port), "--address", dashboard, "--code_root", code_root]) == 0, capsys.readouterr().err  # fmt: skip
+        deployed = httpx.get(f"{dashboard}/api/serve/applications/", timeout=30, trust_env=False).json()["applications"]["onegen"]
+        assert deployed["deployed_app_config"]["runtime_env"]["working_dir"].startswith(f"{code_root}/code/onegen-")
         printed = capsys.readouterr().out
         url, served = f"http://127.0.0.1:{port}", re.search(r'"model": "([^"]+)"', printed).group(1)  # the curl it prints
         seen = {}

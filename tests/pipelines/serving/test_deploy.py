@@ -30,3 +30,20 @@ def test_flags_replace_the_model_source_and_port(tmp_path):
     (app,) = config["applications"]
     assert "model_uri" not in app["args"] and app["args"]["model_dir"] == str(tmp_path / "m")
     assert app["args"]["index_dir"] == str(tmp_path / "i") and config["http_options"]["port"] == 8123
+
+
+def test_the_code_package_is_this_checkout_under_one_top_level_directory_and_uploaded_once(tmp_path):
+    import zipfile
+
+    from pipelines.serving.deploy import package_code
+
+    uri = package_code(str(tmp_path))
+    names = zipfile.ZipFile(uri).namelist()
+    assert {n.split("/")[0] for n in names} == {"onegen"}  # Ray runs the one top-level directory's contents
+    assert "onegen/pipelines/serving/app.py" in names and "onegen/pyproject.toml" in names
+    assert not any(part in n.split("/") for n in names for part in (".git", ".venv", ".onegen", "data", "__pycache__"))
+    written = Path(uri).stat().st_mtime_ns
+    assert package_code(str(tmp_path)) == uri and Path(uri).stat().st_mtime_ns == written  # same content: same name, not rewritten
+    config = serve_config(default(), code_uri="s3://bucket/code/onegen-0123.zip")
+    schema.ServeDeploySchema.model_validate(config)
+    assert config["applications"][0]["runtime_env"]["working_dir"] == "s3://bucket/code/onegen-0123.zip"
