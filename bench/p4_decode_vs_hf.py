@@ -94,6 +94,7 @@ def measure(setup: Setup) -> dict:
         "in_stream": InStreamDecoder(model),  # the defaults, at this process's threads
         "in_stream_fp32": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="float32")),
         "in_stream_bf16": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="bfloat16")),
+        "in_stream_int8": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="int8")),
         "in_stream_eager_attention": InStreamDecoder(model, config=DecoderConfig(attn_implementation="eager")),
     }
     ids = torch.tensor([prompt], device=device)
@@ -124,6 +125,8 @@ def measure(setup: Setup) -> dict:
     raw = runs.report({"tokens_per_s_ratio": ("hf_generate", "in_stream"),
                        "fp32_ratio": ("hf_generate", "in_stream_fp32"),
                        "bf16_over_fp32": ("in_stream_fp32", "in_stream_bf16"),
+                       "int8_ratio": ("hf_generate", "in_stream_int8"),
+                       "int8_over_bf16": ("in_stream_bf16", "in_stream_int8"),
                        "eager_attention_over_sdpa": ("in_stream", "in_stream_eager_attention")})
     timings = timing_medians(runs.used_results("in_stream"))
     decode_tps = (n - 1) / timings["decode_s"]
@@ -158,13 +161,13 @@ def measure(setup: Setup) -> dict:
         f"elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
         f"(sdpa attention, HF's default). tokens/s = {n} ÷ wall time of the whole call (prompt prefill included in "
         "both), so the ratio is HF's median time ÷ ours. Also timed in the same rounds: ours in fp32 (its tokens must "
-        "equal HF's: `tokens_identical`), in bf16 and with eager attention; then, apart, ours at 1 thread against "
+        "equal HF's: `tokens_identical`), in bf16, in int8 weight-only and with eager attention; then, apart, ours at 1 thread against "
         "the process's threads (when it has more), and bf16's greedy tokens against fp32's on the first dev prompts (`numerics`). The "
         "bandwidth bound: the bytes a step must read (weights in the type they are run in, the KV cache at the "
         "answer's mean length) ÷ a 1 GiB copy's bandwidth; `share_of_bound` is the decode-only tokens/s over it.",
         tokens_per_s=tps, tokens_identical=identical, tokens={"prompt": len(prompt), "generated": n},
         matmul_dtype=dtype, ratio_detail=raw["tokens_per_s_ratio"],
-        option_ratios={k: raw[k]["ratio"] for k in ("fp32_ratio", "bf16_over_fp32", "eager_attention_over_sdpa")},
+        option_ratios={k: raw[k]["ratio"] for k in ("fp32_ratio", "bf16_over_fp32", "int8_ratio", "int8_over_bf16", "eager_attention_over_sdpa")},
         in_stream_timings_median=timings, in_stream_decode_only_tokens_per_s=decode_tps, threads=threads,
         numerics=numerics,
         bandwidth={**bandwidth, "bytes_per_token": need, "context_tokens": context, "bound_tokens_per_s": bound,

@@ -184,12 +184,14 @@ class DecoderConfig(FrozenConfig):
     request asks for is its GenerationConfig). Each field's effect on single-stream decode is
     measured in bench/RESULTS.md (`decode_step_profile`, `p4_decode_vs_hf_generate`)."""
 
-    matmul_dtype: Precision = Field(
+    matmul_dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto",
-        description="the float type of the linear layers' weights while decoding. float32: the model's own modules, as "
+        description="the type of the linear layers' weights while decoding. float32: the model's own modules, as "
                     "it computes; bfloat16: a copy of them whose matrix products use bf16 weights (prepacked for oneDNN "
-                    "on a CPU), everything else still in the model's type; auto: bfloat16 where the hardware is fast at it "
-                    "(a GPU with bf16, a CPU with AVX512-BF16: bench/RESULTS.md, P4)",
+                    "on a CPU), everything else still in the model's type; int8: weight-only int8 (a scale per row, bf16 "
+                    "activations; fastest for one stream on a CPU, slower than bf16 at 8 rows: bench/matmul_int8.py); "
+                    "auto: bfloat16 where the hardware is fast at it (a GPU with bf16, a CPU with AVX512-BF16: "
+                    "bench/RESULTS.md, P4)",
     )
     attn_implementation: Literal["sdpa", "eager"] | None = Field(
         None, description="the attention kernel while decoding (on a copy of the modules); None: the model's own "

@@ -27,7 +27,7 @@ class StepModules:
 
 
 def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
-    """float32 or bfloat16, as `cfg.matmul_dtype` resolves on this model's device. A model with
+    """float32, bfloat16 or int8, as `cfg.matmul_dtype` resolves on this model's device. A model with
     LoRA adapters still in it keeps its own modules: its adapted layers are not plain linear layers.
 
     On a CPU, "auto" is bf16 where oneDNN has the CPU's bf16 instructions. Measured on a 2-core
@@ -39,6 +39,8 @@ def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
         return torch.float32
     if cfg.matmul_dtype == "bfloat16":
         return torch.bfloat16
+    if cfg.matmul_dtype == "int8":
+        return torch.int8
     device = model.device
     if resolve("auto", device) != torch.bfloat16:
         return torch.float32
@@ -53,7 +55,10 @@ def step_modules(model: OneGenModel, cfg: DecoderConfig) -> StepModules:
     weights = head.weight.dtype
     if (dtype == torch.float32 or (model.device.type != "cpu" and weights == torch.bfloat16)) and cfg.attn_implementation is None:
         return StepModules(stack, head, dtype, own=True)
-    if dtype == torch.bfloat16 and model.device.type == "cpu":
+    if dtype == torch.int8:
+        stack = packed_linear.with_packed_linears(stack, packed_linear.Int8Linear)
+        head = packed_linear.Int8Head(head, exact_ids=model.formatter.special.values())
+    elif dtype == torch.bfloat16 and model.device.type == "cpu":
         stack = packed_linear.with_packed_linears(stack)
         head = packed_linear.PackedHead(head, exact_ids=model.formatter.special.values())
     elif dtype == torch.bfloat16 and weights != torch.bfloat16:  # a GPU's bf16 kernels need no packing

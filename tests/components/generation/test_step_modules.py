@@ -117,3 +117,22 @@ def test_bf16_batched_decoding_equals_decoding_each_alone(trained):
         assert (a.generated, a.stream, a.finish_reason) == (b.generated, b.stream, b.finish_reason)
         for ha, hb in zip(a.hops, b.hops):
             assert ha.doc_ids == hb.doc_ids and float(np.dot(ha.vector, hb.vector)) >= 0.999
+
+
+def test_int8_runs_a_weight_only_int8_copy_and_decodes_like_fp32_within_its_rounding(trained):
+    model, index, prompts = trained
+    steps = step_modules(model, DecoderConfig(matmul_dtype="int8"))
+    assert not steps.own and steps.matmul_dtype == torch.int8
+    assert isinstance(steps.head, packed_linear.Int8Head) and isinstance(steps.stack.layers[0].mlp.down_proj, packed_linear.Int8Linear)
+    assert type(model.hf.get_decoder().layers[0].mlp.down_proj) is torch.nn.Linear  # the model is left alone
+    cfg = GenerationConfig(max_new_tokens=16)
+    int8 = InStreamDecoder(model, index, config=DecoderConfig(matmul_dtype="int8")).generate(prompts[:4], cfg)
+    fp32 = InStreamDecoder(model, index, config=FP32).generate(prompts[:4], cfg)
+    # The first tokens agree (later ones may part where two logits are closer than int8's rounding);
+    # the hops' query vectors are the same states within it.
+    assert all(a.generated[:2] == b.generated[:2] for a, b in zip(int8, fp32))
+    same = [(a, b) for a, b in zip(int8, fp32) if a.generated == b.generated and a.hops]
+    assert same  # some answers retrieve and agree throughout
+    for a, b in same:
+        assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
+        assert min(float(np.dot(x.vector, y.vector)) for x, y in zip(a.hops, b.hops)) > 0.99

@@ -43,3 +43,31 @@ def test_the_copy_shares_everything_but_the_packed_weights_and_leaves_the_module
     x = torch.randn(2, 16)
     torch.testing.assert_close(copy(x), module(x), atol=0.05, rtol=0.05)
     assert type(with_packed_linears(module[0])) is PackedLinear
+
+
+def test_an_int8_linear_is_the_product_of_its_rows_rounded_to_int8_with_a_scale_each():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(3, 5, 96)
+    y = packed_linear.Int8Linear(linear)(x)
+    assert y.shape == (3, 5, 40) and y.dtype == torch.float32
+    scales = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    dequantized = torch.round(linear.weight / scales).clamp(-127, 127) * scales  # what it stands for
+    expected = x.bfloat16().float() @ dequantized.T + linear.bias.bfloat16().float()
+    torch.testing.assert_close(y, expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(y, linear(x), atol=0.1, rtol=0.05)
+    copy = with_packed_linears(nn.Sequential(linear, nn.ReLU()), packed_linear.Int8Linear)
+    assert type(copy[0]) is packed_linear.Int8Linear and copy[0].weight_int8.dtype == torch.int8
+
+
+def test_the_int8_heads_top_logits_and_named_ids_are_the_models_own():
+    torch.manual_seed(0)
+    head = nn.Linear(64, 500, bias=False)
+    x = torch.randn(4, 64) * 3
+    exact = head(x)
+    y = packed_linear.Int8Head(head, exact_top=8, exact_ids=[7, 499])(x)
+    top = exact.topk(3, dim=-1).indices
+    for ids in (top, torch.tensor([[7, 499]] * 4)):
+        torch.testing.assert_close(y.gather(1, ids), exact.gather(1, ids), atol=1e-5, rtol=1e-5)
+    assert torch.equal(y.argmax(-1), exact.argmax(-1))
+    assert (y - exact).abs().max() < 0.2  # the rest: int8's and bf16's rounding
