@@ -67,8 +67,9 @@ class StackConfig(FrozenConfig):
     num_cpus: PositiveInt = Field(4, description="logical CPUs Ray schedules")
     # A second node on the same machine is how to see that nothing depends on the driver's node:
     # work placed there runs in another raylet, as on a cluster.
-    workers: NonNegativeInt = Field(0, description="Ray worker nodes beside the head, on loopback, each with its own raylet; "
-                                    "worker i exports metrics on metrics_port + i and runs its agent on dashboard_agent_port + i")
+    workers: NonNegativeInt = Field(0, description="Ray worker nodes beside the head on this machine, each with its own raylet; "
+                                    "worker i exports metrics on metrics_port + i and runs its agent on dashboard_agent_port + i; "
+                                    "with any, Ray listens on the machine's address too, unauthenticated")
     worker_cpus: PositiveInt = Field(2, description="logical CPUs of each worker node")
     ray_timeout_s: PositiveFloat = Field(120, description="seconds to a healthy dashboard (7-19 s idle, more when busy)")
     mlflow_timeout_s: PositiveFloat = Field(90, description="seconds to a healthy MLflow (8-13 s idle: it migrates its db first)")
@@ -166,7 +167,8 @@ def _ray_env(cfg: StackConfig) -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)  # an exported client address is not for the head itself
     env.update(
         # 0: Ray binds loopback only. A node joining a head refuses to start with 0, and resolves the
-        # head's 127.0.0.1 to the machine's address: with worker nodes the head listens there too.
+        # head's 127.0.0.1 to the machine's address: with worker nodes the head listens there too,
+        # unauthenticated (README, "More than one node"), whatever --node-ip-address says.
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if cfg.workers else "0",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="disabled",  # a local cluster on loopback
