@@ -4,7 +4,9 @@ on a CPU with AVX512-BF16/AMX.
 Decoding one token reads every weight once per step: a 135M model's step is memory-bound, and bf16
 weights halve the bytes. But a plain bf16 `F.linear` on the CPU is no faster than fp32 for one row
 (oneDNN reorders the weight on every call): measured on a 2-core Xeon with AMX, a 1536×576 product
-took 297 µs in bf16 against 328 µs in fp32; packed once, 197 µs. Torch's own compiler packs weights
+took 297 µs in bf16 against 328 µs in fp32; packed once, 197 µs (one matrix, hot in cache; a whole
+step's products streaming from memory, bench/matmul_int8.py: packed bf16 ≈ fp32 at one row, ×0.5 at
+8 rows, and int8 weight-only ×0.58 of bf16 at one row). Torch's own compiler packs weights
 the same way (`torch._inductor` freezing: `mkldnn._reorder_linear_weight` and `_linear_pointwise`);
 this does it without compiling.
 
