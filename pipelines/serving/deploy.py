@@ -46,8 +46,10 @@ def serve_config(config: dict, *, model_uri: str | None = None, model_dir: str |
     return config
 
 
-# What a replica never needs: this machine's state, data, results, caches (Ray leaves .git and .venv out of its own packages too).
-SKIP_DIRS = {".git", ".venv", ".onegen", "data", "mlruns", "__pycache__", ".pytest_cache", ".ruff_cache"}
+# What a replica never needs: this machine's state, data and results (top-level directories), and
+# caches anywhere (Ray leaves .git and .venv out of its own packages too).
+SKIP_TOP = {".onegen", "data", "mlruns", "bench/results"}
+SKIP_ANYWHERE = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
 def package_code(root: str, endpoint_url: str | None = None) -> str:
@@ -63,9 +65,10 @@ def package_code(root: str, endpoint_url: str | None = None) -> str:
 
     files = []
     for directory, subdirs, names in os.walk(REPO):
-        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))  # not walked at all
-        if Path(directory).relative_to(REPO).as_posix() != "bench/results":
-            files += [Path(directory) / n for n in sorted(names)]
+        here = Path(directory).relative_to(REPO)
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_ANYWHERE and not d.endswith(".egg-info")
+                            and (here / d).as_posix() not in SKIP_TOP)  # fmt: skip
+        files += [Path(directory) / n for n in sorted(names)]
     digest, buffer = hashlib.sha1(), io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in files:

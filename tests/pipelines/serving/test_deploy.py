@@ -1,6 +1,7 @@
 """`onegen serve` sends infra/serve.yaml, with its flags applied, to the dashboard's Serve REST API,
 which validates it as a `ServeDeploySchema`: the config it builds must pass that validation."""
 
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -40,8 +41,13 @@ def test_the_code_package_is_this_checkout_under_one_top_level_directory_and_upl
     uri = package_code(str(tmp_path))
     names = zipfile.ZipFile(uri).namelist()
     assert {n.split("/")[0] for n in names} == {"onegen"}  # Ray runs the one top-level directory's contents
-    assert "onegen/pipelines/serving/app.py" in names and "onegen/pyproject.toml" in names
-    assert not any(part in n.split("/") for n in names for part in (".git", ".venv", ".onegen", "data", "__pycache__"))
+    assert {"onegen/pipelines/serving/app.py", "onegen/pyproject.toml", "onegen/components/data/corpus.py"} <= set(names)
+    assert not any(n.split("/")[1] in (".git", ".venv", ".onegen", "data") or "__pycache__" in n for n in names)
+    assert not any(n.startswith("onegen/bench/results/") for n in names)
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    code = {f"onegen/{f}" for f in tracked if f.split("/")[0] not in ("data", ".onegen") and not f.startswith("bench/results/")}
+    assert code <= set(names)  # everything the checkout's code is, nothing left behind (on this machine the
+    # editable install would hide a missing module from a replica: the package must be whole on its own)
     written = Path(uri).stat().st_mtime_ns
     assert package_code(str(tmp_path)) == uri and Path(uri).stat().st_mtime_ns == written  # same content: same name, not rewritten
     config = serve_config(default(), code_uri="s3://bucket/code/onegen-0123.zip")
