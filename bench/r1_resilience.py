@@ -9,9 +9,10 @@ training worker are killed.
 A local stack with a worker node (`workers: 1`) on free ports in a temporary state directory: the
 app (2 replicas, one per node, each with its FAISS actor) serving the given model, and a training
 job of the `tiny` preset on this data (2 workers, one per node: STRICT_SPREAD; checkpoints through
-the storage root) running at the same time. Poisson arrivals of FanOutQA dev questions (streaming,
-retrieval on) for `--seconds`; at `--kill-faiss-at` the FAISS actor of the replica on the head (the
-one the head's proxy sends requests to) is SIGKILLed, at `--kill-train-at` one training worker.
+the storage root every 5 steps) running at the same time. Once training has logged step 2, Poisson
+arrivals of FanOutQA dev questions (streaming, retrieval on) for `--seconds`; at `--kill-faiss-at`
+the FAISS actor of the replica on the head (the one the head's proxy sends requests to) is
+SIGKILLed, and once training has logged step `--kill-train-after`, one training worker.
 Every request's outcome is kept in the JSON.
 """
 
@@ -28,33 +29,25 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from bench import open_loop
 from bench.common import RESULTS_DIR, command_line, device_string, write_result, write_results_md
 from bench.serve_latency import add_served_model_args, dev_questions, served_model
+from pipelines.local.stack import PORT_FIELDS, StackConfig, down, ray_state, ray_temp_dir, up
 
 WHAT = ("requests that succeed, or are refused with 429/503 and Retry-After, ÷ all requests, under open-loop load on a "
         "2-node local stack while one replica's FAISS actor and one training worker are SIGKILLed; the training job "
         "must end at its planned step")
 
 
-def actors(dashboard: str) -> list[dict]:
-    """The cluster's live actors (Ray's state API, as `ray list actors`)."""
-    answer = httpx.get(f"{dashboard}/api/v0/actors", params={"limit": 1000, "detail": "true"}, timeout=30, trust_env=False).json()
-    return [a for a in answer["data"]["result"]["result"] if a["state"] == "ALIVE"]
-
-
 def head_node(dashboard: str) -> str:
-    answer = httpx.get(f"{dashboard}/api/v0/nodes", params={"limit": 100}, timeout=30, trust_env=False).json()
-    return next(n["node_id"] for n in answer["data"]["result"]["result"] if n["is_head_node"])
+    return next(n["node_id"] for n in ray_state(dashboard, "nodes") if n["is_head_node"])
 
 
 def kill(dashboard: str, wanted, what: str, wait_s: float = 120) -> dict:
     """SIGKILL the first live actor `wanted(actor)` picks (waiting for one to exist); what was killed."""
     deadline = time.time() + wait_s
     while time.time() < deadline:
-        found = [a for a in actors(dashboard) if wanted(a)]
+        found = [a for a in ray_state(dashboard, "actors", detail="true") if a["state"] == "ALIVE" and wanted(a)]
         if found:
             os.kill(found[0]["pid"], signal.SIGKILL)
             print(f"  killed {what}: {found[0]['class_name']} {found[0].get('name', '')} pid {found[0]['pid']}", flush=True)
@@ -119,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.cli.serve import CONFIG
     from pipelines.local import jobs
     from pipelines.local.processes import free_ports
-    from pipelines.local.stack import PORT_FIELDS, StackConfig, down, ray_temp_dir, up
     from pipelines.serving.deploy import deploy, serve_config
 
     root = Path(tempfile.mkdtemp(prefix="onegen-r1-"))

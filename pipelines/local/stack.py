@@ -286,6 +286,15 @@ def service_status(service: Service, root: Path) -> ServiceStatus:
     return ServiceStatus(service.name, service.address, pid, healthy, _log_file(root, service))
 
 
+def ray_state(dashboard: str, resource: str, **params: str) -> list[dict]:
+    """Every entry of one of Ray's state resources ("nodes", "actors", ...: what `ray list <resource>`
+    prints), from the dashboard's REST API; finished actors are kept there a while too."""
+    import httpx
+
+    answer = httpx.get(f"{dashboard}/api/v0/{resource}", params={"limit": 1000, **params}, timeout=30, trust_env=False)
+    return answer.json()["data"]["result"]["result"]
+
+
 def status(cfg: StackConfig) -> StackStatus:
     root = cfg.root
     nodes = tuple(service_status(w, root) for w in workers(cfg, started=True))

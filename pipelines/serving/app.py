@@ -276,6 +276,7 @@ class OneGenServer:
         self.faiss_name = f"onegen-faiss-{self.replica}"
         pg = get_current_placement_group()  # the replica's own: bundle 0 it, bundle 1 its FAISS actor
         self.placement_group = pg.id.hex() if pg else None
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.faiss: FaissHost | None = None  # made with the first index
         self.loads = 0
         self.current = self._load()
@@ -377,7 +378,7 @@ class OneGenServer:
     def healthz(self) -> dict:
         steps = self.current.decoder.steps
         return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version,
-                "replica": self.replica, "node_id": ray.get_runtime_context().get_node_id(), "placement_group": self.placement_group,
+                "replica": self.replica, "node_id": self.node_id, "placement_group": self.placement_group,
                 "faiss_actor": self.faiss and self.faiss.actor_name,
                 "decoder": {"matmul_dtype": str(steps.matmul_dtype).removeprefix("torch."), "threads": self.current.decoder.config.threads,
                             "batching": self.args.batching}}  # fmt: skip

@@ -20,7 +20,7 @@ from pipelines.cli.main import main
 from pipelines.cli.serve import CONFIG
 from pipelines.local.jobs import submit
 from pipelines.local.processes import free_ports
-from pipelines.local.stack import StackConfig, ray_temp_dir, status
+from pipelines.local.stack import StackConfig, ray_state, ray_temp_dir, status
 from tests.fixtures.servers import stack_on_free_ports
 from tests.pipelines.serving.conftest import saved
 from tests.pipelines.stages.test_train import tiny_config, write_prepared
@@ -31,12 +31,6 @@ def keep_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main rewrites sys.argv
 
 
-def alive_nodes(dashboard: str) -> list[dict]:
-    """The cluster's live nodes, from the dashboard's state API (`ray list nodes`)."""
-    answer = httpx.get(f"{dashboard}/api/v0/nodes", params={"limit": 100}, timeout=30, trust_env=False).json()
-    return [n for n in answer["data"]["result"]["result"] if n["state"] == "ALIVE"]
-
-
 def upload_prepared(cfg, s3_server, local: Path) -> None:
     """The tiny preset's prepared rows where the train stage reads them: `<root>/prepared/<name>/train`."""
     import boto3
@@ -45,12 +39,6 @@ def upload_prepared(cfg, s3_server, local: Path) -> None:
     prefix = cfg.storage.root.removeprefix(f"s3://{s3_server.bucket}/")
     for part in sorted(local.iterdir()):
         boto3.client("s3", **s3_server.boto3_kwargs()).upload_file(str(part), s3_server.bucket, f"{prefix}/prepared/{cfg.name}/train/{part.name}")
-
-
-def actors(dashboard: str) -> list[dict]:
-    """Every actor of the cluster, finished ones included (the state API keeps them a while)."""
-    answer = httpx.get(f"{dashboard}/api/v0/actors", params={"limit": 1000, "detail": "true"}, timeout=30, trust_env=False).json()
-    return answer["data"]["result"]["result"]
 
 
 @pytest.mark.timeout(900)
@@ -72,7 +60,7 @@ def test_a_worker_node_joins_trains_serves_a_replica_and_stops_with_the_stack(tm
         assert capsys.readouterr().out.startswith("started ray, ray-worker-1, mlflow in ")
         up = status(cfg)
         assert up.healthy and up.workers[0].pid and up.workers[0].name == "ray-worker-1"
-        nodes = alive_nodes(dashboard)
+        nodes = [n for n in ray_state(dashboard, "nodes") if n["state"] == "ALIVE"]
         assert len(nodes) == 2 and sorted(n["is_head_node"] for n in nodes) == [False, True]
 
         # Training: one worker per node (STRICT_SPREAD), everything through S3.
@@ -82,8 +70,9 @@ def test_a_worker_node_joins_trains_serves_a_replica_and_stops_with_the_stack(tm
         upload_prepared(run, s3_server, tmp_path / "prepared")
         assert submit("train", run, dashboard) == 0, capsys.readouterr().out[-4000:]
         assert "model in s3://" in capsys.readouterr().out
-        workers = [a for a in actors(dashboard) if a["class_name"] == "RayTrainWorker"]
-        assert {a["node_id"] for a in workers} == {n["node_id"] for n in nodes}, [(a["class_name"], a["node_id"], a["state"]) for a in actors(dashboard)]
+        actors = ray_state(dashboard, "actors", detail="true")  # finished ones too: the training job has ended
+        workers = [a for a in actors if a["class_name"] == "RayTrainWorker"]
+        assert {a["node_id"] for a in workers} == {n["node_id"] for n in nodes}, [(a["class_name"], a["node_id"], a["state"]) for a in actors]
 
         (port,) = free_ports(1)  # `onegen serve` with a Serve config of two replicas, one per node
         serve_yaml = yaml.safe_load(CONFIG.read_text())
