@@ -1,6 +1,7 @@
 """P6 and P7: training throughput of SmolLM2-135M on the CPU, in-process (components only, no Ray,
-no DeepSpeed): `components.model.train_loop.train` with AdamW on real rows of data/train.jsonl in the
-smollm2-cpu preset's recipe: its format (max_length 512, its document view), its LoRA adapters.
+no DeepSpeed): `components.model.train_loop.train` with AdamW on real rows of the smollm2-cpu
+preset's training mix (its files and repeats), in its recipe: its format (max_length 512, its
+document view), its hard negatives, its LoRA adapters, its gradient checkpointing.
 
     .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--seed 0]
         [--model smollm2] [--data data] [--out bench/results]
@@ -55,27 +56,30 @@ from components.data.tokenize import IGNORE, EncodedExample
 from components.model.base import load_base
 from components.model.onegen import OneGenModel
 from components.model.train_loop import train
-from pipelines.config import load_config
+from pipelines.config import PipelineConfig, load_config
 
 PRESET = "smollm2-cpu"
 GOALS = {"p6_joint_vs_plain_lm": 0.85, "p7_dynamic_padding": 2.0}
 
 
-def encoded_rows(model: OneGenModel, data: Path, max_length: int, n: int, seed: int) -> list[EncodedExample]:
-    """`n` rows drawn at random (seeded) from train.jsonl, as an epoch's shuffle would draw them,
-    skipping those that do not fit max_length without cutting a hop. (The file is ordered by
-    source: its first rows are long multi-hop questions, not a fair sample.)"""
-    corpus = Corpus.load_jsonl(data / "corpus.jsonl")
-    lines = (data / "train.jsonl").read_text().splitlines()
+def encoded_rows(model: OneGenModel, data: Path, preset: PipelineConfig, n: int, seed: int) -> list[EncodedExample]:
+    """`n` rows drawn at random (seeded) from the preset's training mix (its `data.train` files,
+    each row `data.repeat` times), as the prepare stage's shuffle draws them, skipping those that
+    do not fit max_length without cutting a hop. (A FanOutQA walk embeds 4 documents a hop, an
+    inverse-cloze row 2 in all: the mix decides how much of a step documents take.)"""
+    corpus = Corpus.load_jsonl(data / preset.data.corpus)
+    lines = [line for name in preset.data.train
+             for line in (data / name).read_text().splitlines() * preset.data.repeat.get(name, 1) if line.strip()]
     rows = []
     for i in random.Random(seed).sample(range(len(lines)), len(lines)):
         try:
-            rows.append(model.formatter.example(Example.model_validate_json(lines[i]), corpus, max_length))
+            example = Example.model_validate_json(lines[i])
+            rows.append(model.formatter.example(example, corpus, preset.train.max_length, hard_negatives=preset.train.hard_negatives))
         except (RowError, ValueError):  # too long for max_length, or not a valid example
             continue
         if len(rows) == n:
             return rows
-    raise SystemExit(f"only {len(rows)} usable rows in {data / 'train.jsonl'}; need {n}")
+    raise SystemExit(f"only {len(rows)} usable rows in {preset.data.train}; need {n}")
 
 
 def without_documents(row: EncodedExample) -> EncodedExample:
@@ -144,21 +148,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=4, help="distinct batches, cycled through call by call")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-rounds", type=int, default=None, help="give up waiting for quiet rounds after this many")
-    parser.add_argument("--seed", type=int, default=0, help="which rows of train.jsonl are drawn")
+    parser.add_argument("--seed", type=int, default=0, help="which rows of the training mix are drawn")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--only", choices=sorted(GOALS), default=None)
+    parser.add_argument("--hard-negatives", type=int, default=None, help="hard negatives embedded per hop (default: the preset's train.hard_negatives)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     command = command_line("bench.train_throughput", argv)
 
-    cfg = load_config(PRESET).train
+    preset = load_config(PRESET)
+    if args.hard_negatives is not None:
+        preset = preset.model_copy(update={"train": preset.train.model_copy(update={"hard_negatives": args.hard_negatives})})
+    cfg = preset.train
     torch.manual_seed(0)
     lm, tokenizer = load_base(args.model)
     model = OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)  # what the preset trains
+    if cfg.model.gradient_checkpointing:  # as the train stage does
+        model.checkpoint_activations(cfg.model.checkpoint_every_n_layers)
     n = args.batch_size * args.batches
-    rows = encoded_rows(model, args.data, cfg.max_length, n, args.seed)
+    rows = encoded_rows(model, args.data, preset, n, args.seed)
     chunks = [rows[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
     collate, pad = Collator(model.formatter.pad_id), model.formatter.pad_id
     joint = [collate(c) for c in chunks]
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"device": device_string("cpu"), "model": f"{args.model} ({'SmolLM2-135M-Instruct, ' if args.model == 'smollm2' else ''}float32, {'LoRA r=' + str(cfg.model.lora.r) if cfg.model.lora else 'full fine-tune'})",
               "command": command, "batch_size": args.batch_size, "steps_per_call": args.steps, "batches": args.batches,
               "reps": args.reps,
-              "max_length": cfg.max_length, "rows": [r.id for r in rows],
+              "max_length": cfg.max_length, "hard_negatives": cfg.hard_negatives, "rows": [r.id for r in rows],
               "generation_row_lengths": [len(r.input_ids) for r in rows]}
 
     results = []

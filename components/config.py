@@ -88,6 +88,9 @@ class ModelConfig(FrozenConfig):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype")
     lora: LoraConfig | None = Field(None, description="LoRA adapters; None: a full fine-tune")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory)")
+    checkpoint_every_n_layers: PositiveInt = Field(
+        1, description="with gradient_checkpointing: recompute every n-th decoder layer only (2: half the recompute, more memory)"
+    )
     format: FormatConfig = FormatConfig()
 
 
@@ -129,6 +132,11 @@ class TrainConfig(FrozenConfig):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     max_length: PositiveInt = Field(1024, description="tokens of a generation row")
+    # Each document a row embeds is a forward and backward of its own: at 3 hard negatives a hop,
+    # documents are ~29 % of a smollm2-cpu step's tokens (bench.train_throughput, P6).
+    hard_negatives: NonNegativeInt | None = Field(
+        None, description="embed at most this many of each hop's hard negatives (the first its example lists); None: all"
+    )
 
 
 class GenerationConfig(FrozenConfig):

@@ -109,8 +109,10 @@ class Formatter:
         lead, _, tail = full[len(before):].partition(_SENTINEL)
         return lead, tail
 
-    def example(self, example: Example, corpus: Corpus, max_length: int, row: int = 0) -> EncodedExample:
-        """Encode one validated example; a RowError if `max_length` would cut a retrieval."""
+    def example(self, example: Example, corpus: Corpus, max_length: int, row: int = 0,
+                hard_negatives: int | None = None) -> EncodedExample:
+        """Encode one validated example; a RowError if `max_length` would cut a retrieval.
+        `hard_negatives`: embed at most this many of each hop's hard negatives (the first listed)."""
         prompt = [_as_dict(m) for m in example.prompt]
         lead, tail = self._turn_edges(prompt)
         seq = _Pieces()
@@ -125,7 +127,7 @@ class Formatter:
             inserted.append(redacted_positive(example, hop, corpus, row))
             positives.append([_index(docs, (first, example.redaction_for(hop)), inserted[-1])]
                              + [_index(docs, (d, None), corpus[d]) for d in others])
-            negatives.append([_index(docs, (d, None), corpus[d]) for d in example.negatives_for(hop)])
+            negatives.append([_index(docs, (d, None), corpus[d]) for d in example.negatives_for(hop)[:hard_negatives]])
 
         query_positions, hop_ends = [], []
         segments = RETRIEVAL_PATTERN.split(example.answer)  # text, token, text, token, ..., text

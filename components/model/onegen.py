@@ -117,6 +117,12 @@ class OneGenModel(nn.Module):
             docs = hidden.new_zeros((0, hidden.shape[-1]))
         return Output(lm_loss, n, emission, _unit(queries), _unit(docs))
 
+    def checkpoint_activations(self, every_n_layers: int = 1) -> None:
+        """Recompute activations in the backward pass instead of keeping them (transformers'
+        activation checkpointing), in every `every_n_layers`-th decoder layer: 2 keeps half the
+        layers' activations and recomputes half as much."""
+        self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every_n_layers)
+
     # -- standalone embedding (GritLM's lesson: the same weights are an embedding model) -------
 
     @torch.no_grad()

@@ -79,10 +79,10 @@ def split_rows(batch: dict) -> list[dict]:
 class Tokenize:
     """A Ray Data actor: loads the tokenizer and the corpus once, then checks and encodes rows."""
 
-    def __init__(self, model_source: str, fmt: dict, corpus_jsonl: bytes, max_length: int):
+    def __init__(self, model_source: str, fmt: dict, corpus_jsonl: bytes, max_length: int, hard_negatives: int | None):
         self.formatter = Formatter(load_tokenizer(model_source), FormatConfig(**fmt))
         self.corpus = Corpus(Document.model_validate_json(line) for line in corpus_jsonl.splitlines() if line.strip())
-        self.max_length = max_length
+        self.max_length, self.hard_negatives = max_length, hard_negatives
 
     def __call__(self, batch: dict) -> pa.Table:
         out = []
@@ -90,7 +90,7 @@ class Tokenize:
             try:
                 example = parse_example(bytes(raw), int(row))
                 check_references(example, int(row), self.corpus)
-                encoded = self.formatter.example(example, self.corpus, self.max_length, int(row)).to_row()
+                encoded = self.formatter.example(example, self.corpus, self.max_length, int(row), self.hard_negatives).to_row()
                 out.append({"source": source, "row": int(row), "raw": bytes(raw), "error": None, **encoded})
             except RowError as err:
                 record = quarantine_record(err, bytes(raw), source)
@@ -136,6 +136,7 @@ def prepare(cfg: PipelineConfig) -> PrepareReport:
             "fmt": cfg.train.model.format.model_dump(),
             "corpus_jsonl": corpus,
             "max_length": cfg.train.max_length,
+            "hard_negatives": cfg.train.hard_negatives,
         },
         batch_size=cfg.prepare.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.prepare.concurrency),

@@ -89,7 +89,7 @@ def initialize(model: OneGenModel, cfg: PipelineConfig):
     import deepspeed
 
     if cfg.train.model.gradient_checkpointing:
-        model.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.checkpoint_activations(cfg.train.model.checkpoint_every_n_layers)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(cfg.train.optim.warmup_steps))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))

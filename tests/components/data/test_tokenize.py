@@ -49,6 +49,15 @@ def test_each_hop_inserts_its_first_positive(formatter, small_corpus):
         assert tokens[-1] == formatter.document_id
 
 
+def test_hard_negatives_caps_each_hops_negatives_at_the_first_listed(formatter, small_corpus):
+    example = make_example("Who?[RQ] Ada. Where?[RQ] London.", [["ada"], ["london"]], [["paris", "byron"], ["paris"]])
+    enc = formatter.example(example, small_corpus, 512, hard_negatives=1)
+    assert enc.doc_ids == ["ada", "paris", "london"]  # byron, the first hop's second negative, is not embedded
+    assert enc.positives == [[0], [2]] and enc.negatives == [[1], [1]]
+    assert formatter.example(example, small_corpus, 512, hard_negatives=0).doc_ids == ["ada", "london"]
+    assert formatter.example(example, small_corpus, 512).doc_ids == ["ada", "paris", "byron", "london"]
+
+
 def test_a_linking_row_trains_each_el_with_nothing_inserted_after_it(formatter, small_corpus):
     example = make_example("Ada Lovelace[EL] London[EL]", [["ada"], ["london"]], [["byron"], []],
                            prompt="Link the entities in this text:\nAda Lovelace was born in London.")

@@ -228,3 +228,21 @@ def test_a_tied_head_is_untied_so_the_retrieval_loss_leaves_rq_emission_alone(tm
     torch.testing.assert_close(loaded.hf.get_output_embeddings().weight[rq], out_after)
 
 
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_activation_checkpointing_recomputes_the_layers_asked_and_leaves_gradients_as_they_are(tiny_model, batch, every):
+    def grads(model):
+        model.train()
+        out = model(batch)
+        (out.lm_loss + (out.query_vectors.sum() + out.doc_vectors.sum())).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    checkpointed = copy.deepcopy(tiny_model)
+    checkpointed.checkpoint_activations(every)
+    layers = checkpointed.hf.get_decoder().layers
+    assert [layer.gradient_checkpointing for layer in layers] == [i % every == 0 for i in range(len(layers))]
+    expected, got = grads(tiny_model), grads(checkpointed)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)

@@ -123,7 +123,7 @@ def test_the_tokenize_actor_encodes_a_redaction_and_quarantines_a_bad_one(tmp_pa
     bad = examples[1].model_copy(update={"redact": ["not in the document"]})
     corpus.save_jsonl(tmp_path / "corpus.jsonl")
     actor = Tokenize(cfg.train.model.source, cfg.train.model.format.model_dump(), (tmp_path / "corpus.jsonl").read_bytes(),
-                     cfg.train.max_length)
+                     cfg.train.max_length, cfg.train.hard_negatives)
     raws = [e.model_dump_json().encode() for e in (good, bad)]
     table = actor({"source": ["x.jsonl"] * 2, "row": [1, 2], "raw": raws}).to_pylist()
 
