@@ -228,8 +228,6 @@ def test_a_tied_head_is_untied_so_the_retrieval_loss_leaves_rq_emission_alone(tm
     torch.testing.assert_close(loaded.hf.get_output_embeddings().weight[rq], out_after)
 
 
-
-
 @pytest.mark.parametrize("every", [1, 2])
 def test_activation_checkpointing_recomputes_the_layers_asked_and_leaves_gradients_as_they_are(tiny_model, batch, every):
     def grads(model):
