@@ -4,7 +4,7 @@ preset's training mix (its files and repeats), in its recipe: its format (max_le
 document view), its hard negatives, its LoRA adapters, its gradient checkpointing.
 
     .venv/bin/python -m bench.train_throughput [--batch-size 4] [--steps 1] [--reps 3] [--seed 0]
-        [--model smollm2] [--data data] [--out bench/results]
+        [--model smollm2] [--data data] [--out bench/results] [--only ID] [--hard-negatives N]
 
 P6 `p6_joint_vs_plain_lm`: tokens/s of joint training (LM loss + InfoNCE over [RQ] and the
     document rows' [RD] vectors) ÷ tokens/s of plain LM fine-tuning (λ_ret = 0, the rows'
