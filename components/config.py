@@ -205,6 +205,13 @@ class DecoderConfig(FrozenConfig):
         None, description="the attention kernel while decoding (on a copy of the modules); None: the model's own "
                           "(HF's default, sdpa)",
     )
+    kv_cache_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="what the KV cache stores keys and values in while decoding (attention then runs in it too). "
+                    "float32: as the model computes; bfloat16: half the bytes that every step's attention reads and "
+                    "every join, leave and compaction copies (bench/RESULTS.md: continuous_batch); auto: bfloat16 "
+                    "where matmul_dtype resolves to bfloat16 or int8 on a CPU, else float32",
+    )
     reuse_lead_in: bool = Field(
         True, description="prefill the chat template's fixed lead-in (what every chat prompt starts with: the system "
                           "prompt and the user turn's header) once per decoder, and give every row whose prompt starts "

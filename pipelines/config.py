@@ -121,7 +121,7 @@ class EvaluateConfig(FrozenConfig):
     # retrieval and (when the model has a calibrated τ) the threshold policy.
     generation: GenerationConfig = GenerationConfig()
     # How the answers are computed: DecoderConfig's defaults, as a server computes them (bf16 matrix
-    # products where the CPU has them); matmul_dtype float32 for the model's own fp32.
+    # products and KV cache where the CPU has them); matmul_dtype float32 for the model's own fp32.
     decoder: DecoderConfig = DecoderConfig()
     batch_size: PositiveInt = Field(16, description="dev questions decoded together")
     linking_sample: PositiveInt = Field(128, description="held-out linking texts the model links free-running (seeded random sample)")

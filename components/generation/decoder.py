@@ -42,7 +42,7 @@ from components import tokens as st
 from components.config import DecoderConfig, GenerationConfig
 from components.data.aliases import Matcher, continues_word
 from components.data.schema import Document
-from components.generation.kv_cache import add_row, lead_in_kv, new_cache, plain_layers
+from components.generation.kv_cache import SpareLayer, add_row, lead_in_kv, new_cache, plain_layers
 from components.generation.step_modules import step_modules
 from components.model.onegen import OneGenModel
 
@@ -318,27 +318,35 @@ class InStreamDecoder:
     def _feed_apart(self, live: list[_Row], cache: DynamicCache, mask: torch.Tensor, prefill: list[int]):
         """The decoding rows' tokens in one forward on the whole cache, in place (the prefilling
         rows take a masked slot in it); then the prefilling rows alone on a copy of their own rows
-        of the cache, and the slots they filled appended to the whole cache, masked padding for the
-        others. Attention depends on the mask and on keys that carry their rotary positions, not on
-        where a slot sits, so each row computes what it would in one forward."""
+        of the cache, and the slots they filled put back into the whole cache. Attention depends on
+        the mask and on keys that carry their rotary positions, not on where a slot sits, so each
+        row computes what it would in one forward; and the new slots go where the row has masked
+        slots to spare (a row that joined late has its batch's width of them), or else appended,
+        masked padding for the others (which then costs every row attention and compaction)."""
         prefilling = set(prefill)
         hidden, mask = self._feed(live, cache, mask, [[] if b in prefilling else r.pending for b, r in enumerate(live)])
-        index, old = torch.tensor(prefill, device=mask.device), mask.shape[1]
+        index = torch.tensor(prefill, device=mask.device)
         # Their copy holds only the slots one of them attends to: a passage's queries then pay no
         # attention to the batch's padding (a third of the slots or more, at 8 rows).
         slots = mask[index].any(0).nonzero().squeeze(1)
-        part = DynamicCache(ddp_cache_data=[(layer.keys[index].index_select(2, slots), layer.values[index].index_select(2, slots))
-                                            for layer in cache.layers])  # fmt: skip
+        part = new_cache(cache.layers[0].dtype)
+        for i, layer in enumerate(cache.layers):
+            part.update(layer.keys[index].index_select(2, slots), layer.values[index].index_select(2, slots), i)
         part_hidden, part_mask = self._feed([live[b] for b in prefill], part, mask[index][:, slots])
         hidden[index] = part_hidden
         had = len(slots)
-        mask = torch.cat([mask, mask.new_zeros((len(live), part_mask.shape[1] - had))], dim=1)
+        fed = part_mask[:, had:].bool()  # [prefilling rows, new slots]: which are real
+        free = mask[index] == 0
+        if bool((free.sum(1) >= fed.sum(1)).all()):
+            return hidden, _into_free_slots(cache, part, mask, index, free, fed, had)
+        old = mask.shape[1]
+        mask = torch.cat([mask, mask.new_zeros((len(live), fed.shape[1]))], dim=1)
         mask[index, old:] = part_mask[:, had:]
-        for layer, fed in zip(cache.layers, part.layers):
+        for layer, filled in zip(cache.layers, part.layers):
             new = []
-            for filled in (fed.keys[:, :, had:], fed.values[:, :, had:]):
-                whole = filled.new_zeros((len(live), *filled.shape[1:]))
-                whole[index] = filled
+            for tensor in (filled.keys[:, :, had:], filled.values[:, :, had:]):
+                whole = tensor.new_zeros((len(live), *tensor.shape[1:]))
+                whole[index] = tensor
                 new.append(whole)
             layer.update(*new)  # appended: into a SpareLayer's room, without copying the past
         return hidden, mask
@@ -632,7 +640,7 @@ class Batch:
         self._reset()
 
     def _reset(self) -> None:
-        self.cache = new_cache()
+        self.cache = new_cache(self.decoder.steps.kv_dtype)
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.decoder.model.device)
 
     @property
@@ -640,6 +648,7 @@ class Batch:
         """Tokens in flight: what the rows hold in the cache, and what they feed next."""
         return sum(r.length + len(r.pending) for r in self.rows)
 
+    @torch.inference_mode()  # the cache's buffers are inference tensors: a row is written into them
     def join(self, key: int, prompt: Sequence[int], cfg: GenerationConfig) -> None:
         """Add a row (its events carry `key`); a bad prompt or config raises here, before any step."""
         row = self.decoder._new_row(key, prompt, cfg)
@@ -661,7 +670,7 @@ class Batch:
         finished = [r for r in live if r.finish_reason is not None]
         events += [Event(r.index, "done", generation=decoder._result(r)) for r in finished]
         if finished:
-            keep = [i for i, r in enumerate(live) if r.finish_reason is None]
+            keep = _filling_holes([r.finish_reason is None for r in live])
             self.rows = [live[i] for i in keep]
             if not self.rows:
                 self._reset()
@@ -669,6 +678,14 @@ class Batch:
                 self.cache.batch_select_indices(torch.tensor(keep, device=self.mask.device))
                 self.mask = self.mask[keep]
         return events
+
+
+def _filling_holes(alive: list[bool]) -> list[int]:
+    """The rows that stay, in an order that moves the fewest: each finished row's place among the
+    first len(staying) is taken by a staying row from the end (a cache copies those rows alone)."""
+    n = sum(alive)
+    movers = iter([i for i in range(n, len(alive)) if alive[i]])
+    return [i if alive[i] else next(movers) for i in range(n)]
 
 
 class TokenBytes:
@@ -734,7 +751,26 @@ def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     # Stable sort puts each row's padding first and its real slots last, both in order.
     keep = torch.argsort(mask, dim=1, stable=True)[:, -width:]
     for layer in cache.layers:
+        if isinstance(layer, SpareLayer):
+            layer.compact(keep)
+            continue
         index = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
         layer.keys = torch.gather(layer.keys, 2, index)
         layer.values = torch.gather(layer.values, 2, index)
     return torch.gather(mask, 1, keep)
+
+
+def _into_free_slots(cache: DynamicCache, part: DynamicCache, mask: torch.Tensor, index: torch.Tensor,
+                     free: torch.Tensor, fed: torch.Tensor, had: int) -> torch.Tensor:
+    """Each prefilling row's new slots (`part`'s after `had`, real where `fed`) written into its first
+    masked slots of the whole cache (`free`, there are enough); returns the new mask."""
+    mask = mask.clone()
+    for i, b in enumerate(index.tolist()):
+        n = int(fed[i].sum())
+        to = free[i].nonzero().squeeze(1)[:n]
+        came = fed[i].nonzero().squeeze(1) + had
+        for layer, filled in zip(cache.layers, part.layers):
+            layer.keys[b][:, to] = filled.keys[i][:, came]
+            layer.values[b][:, to] = filled.values[i][:, came]
+        mask[b, to] = 1
+    return mask

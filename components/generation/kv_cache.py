@@ -1,12 +1,13 @@
-"""The decoder's KV cache: HF's `DynamicCache`, with layers that keep spare room along the sequence.
+"""The decoder's KV cache: HF's `DynamicCache`, with layers that keep spare room along the sequence
+and along the batch, optionally in a narrower type than the model computes in.
 
 HF's `DynamicLayer` concatenates each step's keys and values to the whole past, so every decode
 step copies the entire cache of every layer (at 8 rows of 400 slots, 140 MB a step, as much memory
 traffic as the bf16 weights themselves). A `SpareLayer` writes the new slots into room it reserved
-(growing by half when full), and hands attention a view of the filled part: the past is copied
-only when the room runs out, or when the decoder rearranges rows: a row that joins or leaves costs
-one copy into a buffer that keeps its room; compaction assigns whole tensors, as it would to a
-`DynamicLayer`, and the next step reserves room again.
+(growing by half when full), and hands attention a view of the filled part and the live rows: the
+past is copied only when the room runs out. A row that joins is written into a spare row; a row
+that leaves is overwritten by a row from the end (`Batch` orders its rows so); compaction gathers
+into a buffer that keeps its room.
 """
 
 from __future__ import annotations
@@ -19,81 +20,122 @@ MIN_ROOM = 64  # slots reserved beyond the need at least
 
 
 class SpareLayer(DynamicLayer):
-    # keys and values are views of the filled part of their storage (each its own: a caller may
-    # assign one before reading the other)
+    """`dtype`: what the keys and values are stored (and handed to attention) in; None: as they come."""
+
+    def __init__(self, dtype: torch.dtype | None = None):
+        self.store_dtype = dtype
+        self._keys = self._values = None
+        self._rows, self._filled = 0, 0
+        super().__init__()
+
+    # keys and values are views of the live rows and the filled part of their storage
     @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._keys is None else self._keys[:, :, : self._filled[0]]
+        return None if self._keys is None else self._keys[: self._rows, :, : self._filled]
 
     @keys.setter
     def keys(self, value: torch.Tensor | None) -> None:
-        self._keys = value
-        self._filled = (_length(value), getattr(self, "_filled", (0, 0))[1])
+        # Assigned whole (HF's own code does so): the values are assigned right after, with the same shape.
+        self._keys = None if value is None else value.to(self.store_dtype or value.dtype)
+        self._rows, self._filled = (0, 0) if value is None or value.dim() < 2 else (value.shape[0], value.shape[-2])
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._values is None else self._values[:, :, : self._filled[1]]
+        return None if self._values is None else self._values[: self._rows, :, : self._filled]
 
     @values.setter
     def values(self, value: torch.Tensor | None) -> None:
-        self._values = value
-        self._filled = (getattr(self, "_filled", (0, 0))[0], _length(value))
+        self._values = None if value is None else value.to(self.store_dtype or value.dtype)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
+        self.dtype, self.device = self.store_dtype or key_states.dtype, key_states.device
         self.keys = self.values = None
         self.is_initialized = True
 
     def get_seq_length(self) -> int:
-        return self._filled[0] if self.is_initialized and self._keys is not None else 0
+        return self._filled if self.is_initialized and self._keys is not None else 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, end = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
-        if self._keys is None or end > self._keys.shape[-2]:
-            self._reserve(key_states, value_states, end)
-        self._keys[:, :, start:end] = key_states
-        self._values[:, :, start:end] = value_states
-        self._filled = (end, end)
+        if self._keys is None or end > self._keys.shape[-2] or key_states.shape[0] > self._keys.shape[0]:
+            self._reserve(key_states, end)
+        self._rows = key_states.shape[0]
+        self._keys[: self._rows, :, start:end] = key_states
+        self._values[: self._rows, :, start:end] = value_states
+        self._filled = end
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep the rows `indices`, room included (a finished row leaves: one copy, none later)."""
-        if self.get_seq_length() > 0:
+        """Keep the rows `indices`, in that order: rows that move are copied one by one within the
+        buffer when that is safe (no row is overwritten before it is read), else one gather."""
+        order = indices.tolist()
+        if self.get_seq_length() > 0 and _in_place(order):
+            for to, came in enumerate(order):
+                if to != came:
+                    self._keys[to, :, : self._filled] = self._keys[came, :, : self._filled]
+                    self._values[to, :, : self._filled] = self._values[came, :, : self._filled]
+        elif self.get_seq_length() > 0:
             self._keys, self._values = self._keys[indices], self._values[indices]
+        self._rows = len(order)
 
     def add_row(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """One more row at the end ([1, heads, filled, head dim]), into a copy with room."""
-        room = max(self._keys.shape[-2], self._filled[0] + MIN_ROOM)
-        for name, row in (("_keys", keys), ("_values", values)):
+        """One more row at the end ([1, heads, filled, head dim]), into a spare row (made by one
+        copy, with room for as many rows again, when there is none)."""
+        if self._rows == self._keys.shape[0]:
+            rows = max(2 * self._rows, self._rows + 1)
+            self._keys, self._values = (_moved(t, self._rows, self._filled, rows, t.shape[-2]) for t in (self._keys, self._values))
+        self._keys[self._rows, :, : self._filled] = keys[0]
+        self._values[self._rows, :, : self._filled] = values[0]
+        self._rows += 1
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Row b's slots become its old slots `keep[b]` ([rows, width]), gathered into a buffer with room."""
+        width = keep.shape[1]
+        for name in ("_keys", "_values"):
             old = getattr(self, name)
-            grown = old.new_empty((old.shape[0] + 1, old.shape[1], room, old.shape[3]))
-            grown[:-1, :, : self._filled[0]] = old[:, :, : self._filled[0]]
-            grown[-1:, :, : self._filled[0]] = row
-            setattr(self, name, grown)
+            new = old.new_empty((old.shape[0], old.shape[1], max(width + MIN_ROOM, width * 3 // 2), old.shape[3]))
+            index = keep[:, None, :, None].expand(-1, old.shape[1], -1, old.shape[3])
+            torch.gather(old[: self._rows, :, : self._filled], 2, index, out=new[: self._rows, :, :width])
+            setattr(self, name, new)
+        self._filled = width
 
-    def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, need: int) -> None:
+    def _reserve(self, key_states: torch.Tensor, need: int) -> None:
+        rows = max(key_states.shape[0], 0 if self._keys is None else self._keys.shape[0])
         room = max(need + MIN_ROOM, need * 3 // 2)
-        keys = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[3]))
-        values = value_states.new_empty((*value_states.shape[:2], room, value_states.shape[3]))
-        length = self.get_seq_length()
-        if length:
-            keys[:, :, :length], values[:, :, :length] = self.keys, self.values
-        self._keys, self._values, self._filled = keys, values, (length, length)
+        if self._keys is None:
+            shape = (rows, key_states.shape[1], room, key_states.shape[3])
+            self._keys = key_states.new_empty(shape, dtype=self.dtype)
+            self._values = key_states.new_empty(shape, dtype=self.dtype)
+            self._filled = 0
+        else:
+            self._keys, self._values = (_moved(t, self._rows, self._filled, rows, room) for t in (self._keys, self._values))
 
 
-def _length(tensor: torch.Tensor | None) -> int:
-    return 0 if tensor is None or tensor.dim() < 2 else tensor.shape[-2]
+def _moved(old: torch.Tensor, rows: int, filled: int, capacity: int, room: int) -> torch.Tensor:
+    """`old`'s first `rows` rows and `filled` slots in a new buffer of `capacity` rows and `room` slots."""
+    new = old.new_empty((capacity, old.shape[1], room, old.shape[3]))
+    new[:rows, :, :filled] = old[:rows, :, :filled]
+    return new
 
 
-def new_cache() -> DynamicCache:
-    """An empty cache whose layers (made as the first forward reaches them) are `SpareLayer`s."""
+def _in_place(order: list[int]) -> bool:
+    """Can the rows move to their places in this order without one being overwritten before it moves?"""
+    pending = {came for to, came in enumerate(order) if to != came}
+    for to, came in enumerate(order):
+        pending.discard(came)
+        if to != came and to in pending:
+            return False
+    return True
+
+
+def new_cache(dtype: torch.dtype | None = None) -> DynamicCache:
+    """An empty cache whose layers (made as the first forward reaches them) are `SpareLayer`s,
+    storing keys and values in `dtype` (None: as the model computes them)."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = SpareLayer
+    cache.layer_class_to_replicate = lambda: SpareLayer(dtype)
     return cache
-
-
 def plain_layers(cache: DynamicCache) -> bool:
     """Every layer holds every slot (no sliding window): rows may be sliced, merged and compacted."""
     return all(type(layer) in (DynamicLayer, SpareLayer) for layer in cache.layers)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from components.config import DecoderConfig
 from components.model import packed_linear
@@ -23,6 +26,7 @@ class StepModules:
     stack: nn.Module  # input ids → post-norm last-layer states, with a KV cache
     head: nn.Module  # states → logits
     matmul_dtype: torch.dtype  # what the config resolved to here
+    kv_dtype: torch.dtype | None  # what the KV cache stores; None: what the stack computes in
     own: bool  # the model's own modules: hooks and patches on them apply (on a copy they do not)
 
 
@@ -49,12 +53,25 @@ def matmul_dtype(model: OneGenModel, cfg: DecoderConfig) -> torch.dtype:
     return torch.bfloat16
 
 
+def kv_dtype(model: OneGenModel, cfg: DecoderConfig, matmuls: torch.dtype) -> torch.dtype | None:
+    """The KV cache's type as `cfg.kv_cache_dtype` resolves, None where it is the stack's own."""
+    if cfg.kv_cache_dtype == "auto":
+        narrow = model.device.type == "cpu" and matmuls in (torch.bfloat16, torch.int8) and cfg.attn_implementation in (None, "sdpa")
+        wanted = torch.bfloat16 if narrow else None
+    else:
+        wanted = getattr(torch, cfg.kv_cache_dtype)
+    return None if wanted == model.hf.get_decoder().norm.weight.dtype else wanted
+
+
 def step_modules(model: OneGenModel, cfg: DecoderConfig) -> StepModules:
     stack, head = model.hf.get_decoder(), model.hf.get_output_embeddings()
     dtype = matmul_dtype(model, cfg)
+    kv = kv_dtype(model, cfg, dtype)
+    if kv is not None and cfg.attn_implementation == "eager":
+        raise ValueError(f"kv_cache_dtype {cfg.kv_cache_dtype!r} needs sdpa attention (attn_implementation 'eager' computes in the model's type)")
     weights = head.weight.dtype
-    if (dtype == torch.float32 or (model.device.type != "cpu" and weights == torch.bfloat16)) and cfg.attn_implementation is None:
-        return StepModules(stack, head, dtype, own=True)
+    if (dtype == torch.float32 or (model.device.type != "cpu" and weights == torch.bfloat16)) and cfg.attn_implementation is None and kv is None:
+        return StepModules(stack, head, dtype, kv, own=True)
     if dtype == torch.int8:
         stack = packed_linear.with_packed_linears(stack, packed_linear.Int8Linear)
         head = packed_linear.Int8Head(head, exact_ids=model.formatter.special.values())
@@ -65,11 +82,28 @@ def step_modules(model: OneGenModel, cfg: DecoderConfig) -> StepModules:
         stack, head = copy.deepcopy(stack).to(torch.bfloat16), copy.deepcopy(head).to(torch.bfloat16)
     else:
         stack = _shared_copy(stack)
-    if cfg.attn_implementation is not None:
-        # The attention layers read the kernel's name from their config at every call: the copy's
-        # own config (a deep copy) is set, the model's is left as it was.
+    # The attention layers read the kernel's name from their config at every call: the copy's own
+    # config (a deep copy) is set, the model's is left as it was.
+    if kv is not None:
+        stack.config._attn_implementation = SDPA_IN_CACHE_DTYPE
+    elif cfg.attn_implementation is not None:
         stack.config._attn_implementation = cfg.attn_implementation
-    return StepModules(stack.eval(), head.eval(), dtype, own=False)
+    return StepModules(stack.eval(), head.eval(), dtype, kv, own=False)
+
+
+SDPA_IN_CACHE_DTYPE = "onegen_sdpa_in_cache_dtype"
+
+
+def _sdpa_in_cache_dtype(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+    """HF's SDPA attention run in the type the cache stores keys and values in (the query rounded to
+    it, oneDNN's kernel accumulating in fp32), the output handed back in the query's type."""
+    out, weights = sdpa_attention_forward(module, query.to(key.dtype), key, value, attention_mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+# Registered under its own name, with SDPA's masks: HF builds masks only for the names it knows.
+AttentionInterface.register(SDPA_IN_CACHE_DTYPE, _sdpa_in_cache_dtype)
+AttentionMaskInterface.register(SDPA_IN_CACHE_DTYPE, sdpa_mask)
 
 
 def _shared_copy(module: nn.Module) -> nn.Module:

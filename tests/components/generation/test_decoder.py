@@ -447,3 +447,33 @@ def test_a_prompt_without_the_lead_in_joins_mid_flight_as_it_would_decode_alone(
         for a, b in zip(done[i].hops, alone.hops):
             np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
     assert len(done[1].hops) == 1 and not np.isnan(done[1].hops[0].vector).any()
+
+
+def test_a_late_row_s_passage_goes_into_its_masked_slots_and_the_cache_grows_no_wider(random_setup, monkeypatch):
+    """A row that joins a batch already many slots wide has that many masked slots; its passage is
+    written there, not appended as new slots that every other row would carry as padding."""
+    import components.generation.decoder as decoder_module
+
+    model, index, prompts = random_setup
+    placed = []
+    real = decoder_module._into_free_slots
+    monkeypatch.setattr(decoder_module, "_into_free_slots", lambda *a: placed.append(a[3].tolist()) or real(*a))
+    decoder = InStreamDecoder(model, index, config=OWN)
+    cfgs = [GenerationConfig(max_new_tokens=130, retrieval=False), GenerationConfig(max_new_tokens=8, logit_bias={model.formatter.query_id: 1e4})]
+    batch, done, widths = decoder.batch(), {}, []
+    batch.join(0, prompts[0], cfgs[0])
+    for _ in range(110):
+        batch.step()
+    batch.join(1, prompts[1], cfgs[1])
+    while batch.rows:
+        if 1 not in done:  # while the late row is in the batch
+            widths.append(batch.mask.shape[1])
+        done |= {e.row: e.generation for e in batch.step() if e.kind == "done"}
+    passage = len(done[1].stream) - len(done[1].generated)
+    assert len(done[1].hops) == 1 and passage > 8 and placed == [[1], [1]]  # its prompt, then its passage
+    assert max(widths) - widths[0] <= len(done[1].generated)  # a slot a step, none for either chunk
+    for i, (p, c) in enumerate(zip(prompts[:2], cfgs)):
+        alone = decoder.generate([p], c)[0]
+        assert (done[i].generated, done[i].stream) == (alone.generated, alone.stream)
+        for a, b in zip(done[i].hops, alone.hops):
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)

@@ -8,7 +8,7 @@ import torch
 
 from components.config import DecoderConfig, GenerationConfig
 from components.generation.decoder import InStreamDecoder
-from components.generation.step_modules import matmul_dtype, step_modules
+from components.generation.step_modules import SDPA_IN_CACHE_DTYPE, matmul_dtype, step_modules
 from components.model import packed_linear
 from components.model.packed_linear import PackedHead, PackedLinear
 from components.retrieval.index import build_index
@@ -136,3 +136,33 @@ def test_int8_runs_a_weight_only_int8_copy_and_decodes_like_fp32_within_its_roun
     for a, b in same:
         assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
         assert min(float(np.dot(x.vector, y.vector)) for x, y in zip(a.hops, b.hops)) > 0.99
+
+
+def test_the_kv_cache_is_bf16_where_the_matmuls_are_and_as_asked(tiny_model):
+    assert step_modules(tiny_model, FP32).kv_dtype is None
+    if packed_linear.available():
+        assert step_modules(tiny_model, BF16).kv_dtype == torch.bfloat16
+        assert step_modules(tiny_model, BF16.model_copy(update={"kv_cache_dtype": "float32"})).kv_dtype is None
+    steps = step_modules(tiny_model, DecoderConfig(matmul_dtype="float32", kv_cache_dtype="bfloat16"))
+    assert not steps.own and steps.kv_dtype == torch.bfloat16 and steps.stack.config._attn_implementation == SDPA_IN_CACHE_DTYPE
+    assert tiny_model.hf.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="needs sdpa"):
+        step_modules(tiny_model, DecoderConfig(kv_cache_dtype="bfloat16", attn_implementation="eager"))
+
+
+def test_a_bf16_cache_holds_bf16_and_answers_as_fp32_does_within_its_rounding(trained):
+    model, index, prompts = trained
+    cfg = GenerationConfig(max_new_tokens=24, top_k=1)
+    narrow = InStreamDecoder(model, index, config=DecoderConfig(matmul_dtype="float32", kv_cache_dtype="bfloat16"))
+    batch = narrow.batch()
+    batch.join(0, prompts[0], cfg)
+    batch.step()
+    assert batch.cache.layers[0].keys.dtype == torch.bfloat16
+    bf16 = narrow.generate(prompts[:12], cfg)
+    fp32 = InStreamDecoder(model, index, config=FP32).generate(prompts[:12], cfg)
+    assert all(a.generated[:2] == b.generated[:2] for a, b in zip(bf16, fp32))
+    same = [(a, b) for a, b in zip(bf16, fp32) if a.generated == b.generated and a.hops]
+    assert len(same) >= 6
+    for a, b in same:
+        assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
+        assert min(float(np.dot(x.vector, y.vector)) for x, y in zip(a.hops, b.hops)) > 0.995
