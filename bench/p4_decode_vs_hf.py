@@ -42,7 +42,8 @@ def copy_bandwidth(gib: float = 1.0, reps: int = 5) -> dict:
 
 def bytes_per_token(decoder, context: int) -> dict:
     """Bytes a decode step must read at least: every weight of the stack and the head in the type
-    the decoder runs them in (of the embedding, one row), and the KV cache at `context` tokens."""
+    the decoder runs them in (of the embedding, one row), and the KV cache at `context` tokens in
+    the type it stores."""
     from components.model.packed_linear import PackedLinear
 
     embedding = decoder.stack.get_input_embeddings().weight
@@ -56,7 +57,8 @@ def bytes_per_token(decoder, context: int) -> dict:
     weights += embedding.shape[1] * embedding.element_size()
     cfg = decoder.model.hf.config.get_text_config()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * context * embedding.element_size()
+    kv_item = (decoder.steps.kv_dtype or embedding.dtype).itemsize  # the cache's own type (DecoderConfig.kv_cache_dtype)
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * context * kv_item
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}
 
 
