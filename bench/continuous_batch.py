@@ -4,6 +4,10 @@ retrieving with its calibrated τ; and where the 8-row run's time goes (prefill 
 forwards, everything else in a step), which is what P5 and P10 over HTTP are made of.
 
     python -m bench.continuous_batch --model DIR --index DIR [--data data] [--seconds 30] [--rows 8]
+    python -m bench.continuous_batch --model DIR --index DIR --kv-cache-dtypes [--rounds 2]
+
+`--kv-cache-dtypes`: instead, `kv_cache_bf16`: the same 8-row loop with a bf16 KV cache ÷ an fp32 one
+(DecoderConfig.kv_cache_dtype), rounds interleaved.
 """
 
 from __future__ import annotations
@@ -74,9 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of each answer")
+    parser.add_argument("--kv-cache-dtypes", action="store_true", help="bf16 KV cache ÷ fp32 at --rows instead")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --kv-cache-dtypes")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.kv_cache_dtypes:
+        return kv_cache_dtypes(args, argv)
 
     import torch
 
@@ -84,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.generation.decoder import InStreamDecoder
 
     model, index = load_trained(args.model, args.index)
-    questions, _ = questions_and_gold(example_rows(args.data, "dev"))
-    random.Random(0).shuffle(questions)  # an order drawn without looking at them
-    prompts = [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
+    prompts = dev_prompts(model, args.data)
     cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
     decoder = InStreamDecoder(model, index)
     runs = {n: closed_loop(decoder, prompts, cfg, n, args.seconds) for n in (1, args.rows)}
@@ -112,6 +118,48 @@ def main(argv: list[str] | None = None) -> int:
     })  # fmt: skip
     write_results_md(args.out)
     print(f"continuous_batch: {args.rows} rows ÷ 1 = {ratio:.2f}")
+    return 0
+
+
+def dev_prompts(model, data: str) -> list[list[int]]:
+    """The dev questions as chat prompts, in an order drawn without looking at them."""
+    questions, _ = questions_and_gold(example_rows(data, "dev"))
+    random.Random(0).shuffle(questions)
+    return [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
+
+
+def kv_cache_dtypes(args, argv: list[str]) -> int:
+    import torch
+
+    from components.config import DecoderConfig, GenerationConfig
+    from components.generation.decoder import InStreamDecoder
+
+    model, index = load_trained(args.model, args.index)
+    prompts = dev_prompts(model, args.data)
+    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    decoders = {k: InStreamDecoder(model, index, config=DecoderConfig(kv_cache_dtype=k)) for k in ("float32", "bfloat16")}
+    runs: dict[str, list[dict]] = {k: [] for k in decoders}
+    for _ in range(args.rounds):
+        for k, decoder in decoders.items():
+            runs[k].append(closed_loop(decoder, prompts, cfg, args.rows, args.seconds))
+            print(f"{k}: {runs[k][-1]['tokens_per_s']:.1f} tok/s", flush=True)
+    per_round = [b["tokens_per_s"] / f["tokens_per_s"] for f, b in zip(runs["float32"], runs["bfloat16"])]
+    ratio = statistics.median(per_round)
+    write_result(args.out, {
+        "id": "kv_cache_bf16", "ratio": ratio, "goal": None, "met": None, "device": device_string(),
+        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+        "what": f"tokens/s of {args.rows} rows kept full by a closed loop of dev questions (retrieval on, calibrated τ): "
+                "a bf16 KV cache ÷ an fp32 one (DecoderConfig.kv_cache_dtype; bf16 matrix products in both)",
+        "notes": "`bench/continuous_batch.py --kv-cache-dtypes`: the closed loop of `continuous_batch`, the two caches taking "
+                 "turns, median of the per-round ratios. A bf16 cache halves what each step's attention reads and what "
+                 "a join, a leave and a compaction copy; the answers differ where bf16's rounding decides a token, so "
+                 "the two loops do not produce identical token counts (tokens/s is the measure).",
+        "runs": runs, "per_round": per_round,
+        "details_md": [f"round {i}: fp32 cache {f['tokens_per_s']:.1f} tok/s, bf16 cache {b['tokens_per_s']:.1f} tok/s (×{r:.2f})"
+                       for i, (f, b, r) in enumerate(zip(runs["float32"], runs["bfloat16"], per_round))],
+    })  # fmt: skip
+    write_results_md(args.out)
+    print(f"kv_cache_bf16: bf16 ÷ fp32 = {ratio:.2f}")
     return 0
 
 
