@@ -136,6 +136,8 @@ def new_cache(dtype: torch.dtype | None = None) -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = lambda: SpareLayer(dtype)
     return cache
+
+
 def plain_layers(cache: DynamicCache) -> bool:
     """Every layer holds every slot (no sliding window): rows may be sliced, merged and compacted."""
     return all(type(layer) in (DynamicLayer, SpareLayer) for layer in cache.layers)
