@@ -5,9 +5,14 @@ forwards, everything else in a step), which is what P5 and P10 over HTTP are mad
 
     python -m bench.continuous_batch --model DIR --index DIR [--data data] [--seconds 30] [--rows 8]
     python -m bench.continuous_batch --model DIR --index DIR --kv-cache-dtypes [--rounds 2]
+    python -m bench.continuous_batch --model DIR --index DIR --open-loop [--fractions 0.5 0.9]
 
 `--kv-cache-dtypes`: instead, `kv_cache_bf16`: the same 8-row loop with a bf16 KV cache ÷ an fp32 one
 (DecoderConfig.kv_cache_dtype), rounds interleaved.
+`--open-loop`: instead, `p10_engine_open_loop`: P10's measurement without HTTP (Poisson arrivals of dev
+questions joining the engine's Batch at any step, or only an empty one as the static batcher does,
+at fractions of the static batcher's capacity), which tells the engine's share of P10 from the
+serving stack's.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import random
 import statistics
 import sys
 import time
+
+import numpy as np
 
 from bench.common import (
     RESULTS_DIR,
@@ -80,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of each answer")
     parser.add_argument("--kv-cache-dtypes", action="store_true", help="bf16 KV cache ÷ fp32 at --rows instead")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --kv-cache-dtypes")
+    parser.add_argument("--open-loop", action="store_true", help="P10 on the engine alone instead")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.9], help="--open-loop rates: of the static capacity")
+    parser.add_argument("--arrival-seconds", type=float, default=60, help="--open-loop: arrivals over this long, per rate")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.kv_cache_dtypes:
         return kv_cache_dtypes(args, argv)
+    if args.open_loop:
+        return engine_open_loop(args, argv)
 
     import torch
 
@@ -160,6 +172,79 @@ def kv_cache_dtypes(args, argv: list[str]) -> int:
     })  # fmt: skip
     write_results_md(args.out)
     print(f"kv_cache_bf16: bf16 ÷ fp32 = {ratio:.2f}")
+    return 0
+
+
+def static_capacity(decoder, prompts: list[list[int]], cfg, rows: int, seconds: float) -> float:
+    """Requests/s of the static batcher kept busy: `rows` requests join together, the next ones once all are done."""
+    started, done, joined = time.perf_counter(), 0, 0
+    while time.perf_counter() - started < seconds:
+        batch = decoder.batch()
+        for _ in range(rows):
+            batch.join(joined, prompts[joined % len(prompts)], cfg)
+            joined += 1
+        while batch.rows:
+            done += sum(e.kind == "done" for e in batch.step())
+    return done / (time.perf_counter() - started)
+
+
+def open_loop_run(decoder, prompts: list[list[int]], cfg, times: list[float], rows: int, static: bool) -> dict:
+    """Requests arriving at `times` (seconds from now) join one Batch at a step boundary, up to `rows`
+    at once (static: only when the batch is empty); latency from arrival to the last token."""
+    batch, started, arrived, waiting, latencies = decoder.batch(), time.perf_counter(), 0, [], []
+    while arrived < len(times) or waiting or batch.rows:
+        now = time.perf_counter() - started
+        while arrived < len(times) and times[arrived] <= now:
+            waiting.append(arrived)
+            arrived += 1
+        if waiting and not (static and batch.rows):
+            while waiting and len(batch.rows) < rows:
+                k = waiting.pop(0)
+                batch.join(k, prompts[k % len(prompts)], cfg)
+        if not batch.rows:
+            time.sleep(max(0.0, times[arrived] - (time.perf_counter() - started)) if arrived < len(times) else 0.0)
+            continue
+        latencies += [time.perf_counter() - started - times[e.row] for e in batch.step() if e.kind == "done"]
+    return {"requests": len(latencies), "p50_s": statistics.median(latencies), "p99_s": float(np.quantile(latencies, 0.99))}
+
+
+def engine_open_loop(args, argv: list[str]) -> int:
+    import torch
+
+    from bench.open_loop import arrivals
+    from components.config import GenerationConfig
+    from components.generation.decoder import InStreamDecoder
+
+    model, index = load_trained(args.model, args.index)
+    prompts = dev_prompts(model, args.data)
+    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    decoder = InStreamDecoder(model, index)
+    capacity = static_capacity(decoder, prompts, cfg, args.rows, args.seconds)
+    rates = []
+    for n, fraction in enumerate(args.fractions):
+        times = arrivals(fraction * capacity, args.arrival_seconds, seed=n)  # the arrivals bench.serve_latency draws
+        entry = {"fraction": fraction, "rate": fraction * capacity, "requests": len(times),
+                 "continuous": open_loop_run(decoder, prompts, cfg, times, args.rows, static=False),
+                 "static": open_loop_run(decoder, prompts, cfg, times, args.rows, static=True)}
+        entry["ratio"] = entry["continuous"]["p50_s"] / entry["static"]["p50_s"]
+        rates.append(entry)
+        print(f"{fraction} of static capacity: {entry}", flush=True)
+    ratio = max(r["ratio"] for r in rates)
+    write_result(args.out, {
+        "id": "p10_engine_open_loop", "ratio": ratio, "goal": "<= 0.6 (P10's, over HTTP)", "met": None, "device": device_string(),
+        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+        "what": "P10 without HTTP: p50 latency under Poisson arrivals of dev questions, joining the engine's Batch at any "
+                f"step (up to {args.rows} rows) ÷ joining only an empty batch (the static batcher), same arrivals; the worse of the rates",
+        "notes": "`bench/continuous_batch.py --open-loop`: one process, the engine stepped on this thread, requests queued in "
+                 "arrival order; the static batcher's capacity is its closed loop here (batches of --rows dev questions), and the "
+                 "arrivals are those bench.serve_latency draws (bench.open_loop.arrivals, seed = the rate's index).",
+        "static_capacity_per_s": capacity, "rates": rates,
+        "details_md": [f"{r['rate']:.2f} req/s ({r['fraction']:.0%} of static capacity), {r['requests']} requests: continuous p50 "
+                       f"{r['continuous']['p50_s']:.2f} s, p99 {r['continuous']['p99_s']:.2f} s; static p50 {r['static']['p50_s']:.2f} s, "
+                       f"p99 {r['static']['p99_s']:.2f} s; ratio {r['ratio']:.2f}" for r in rates],
+    })  # fmt: skip
+    write_results_md(args.out)
+    print(f"p10_engine_open_loop: {ratio:.2f}")
     return 0
 
 
