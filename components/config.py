@@ -209,7 +209,7 @@ class DecoderConfig(FrozenConfig):
         "auto",
         description="what the KV cache stores keys and values in while decoding (attention then runs in it too). "
                     "float32: as the model computes; bfloat16: half the bytes that every step's attention reads and "
-                    "every join, leave and compaction copies (bench/RESULTS.md: continuous_batch); auto: bfloat16 "
+                    "every join, leave and compaction copies (bench/RESULTS.md: kv_cache_bf16); auto: bfloat16 "
                     "where matmul_dtype resolves to bfloat16 or int8 on a CPU, else float32",
     )
     reuse_lead_in: bool = Field(
