@@ -98,14 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.open_loop:
         return engine_open_loop(args, argv)
 
-    import torch
-
-    from components.config import GenerationConfig
     from components.generation.decoder import InStreamDecoder
 
-    model, index = load_trained(args.model, args.index)
-    prompts = dev_prompts(model, args.data)
-    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    model, index, prompts, cfg = trained_setup(args)
     decoder = InStreamDecoder(model, index)
     runs = {n: closed_loop(decoder, prompts, cfg, n, args.seconds) for n in (1, args.rows)}
     for n, r in runs.items():
@@ -113,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     many = runs[args.rows]
     ratio = many["tokens_per_s"] / runs[1]["tokens_per_s"]
     per_request = {k: many[k] / max(many["requests"], 1) for k in ("prefill_forwards_s", "decode_forwards_s", "other_s")}
-    write_result(args.out, {
-        "id": "continuous_batch", "ratio": ratio, "goal": None, "met": None, "device": device_string(),
-        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+    record(args, argv, {
+        "id": "continuous_batch", "ratio": ratio, "goal": None, "met": None,
         "what": f"the engine without HTTP: tokens/s of one Batch kept at {args.rows} rows by a closed loop of dev questions ÷ "
                 "kept at 1 row (retrieval on, calibrated τ)",
         "notes": "`bench/continuous_batch.py`: `InStreamDecoder.batch()` stepped in this process, a finished row replaced at once "
@@ -128,9 +122,27 @@ def main(argv: list[str] | None = None) -> int:
                        f"forwards {r['decode_forwards_s']:.1f} s (median {1e3 * r['decode_forward_median_s']:.0f} ms), other "
                        f"{r['other_s']:.1f} s of {r['seconds']:.0f} s" for n, r in runs.items()],
     })  # fmt: skip
-    write_results_md(args.out)
     print(f"continuous_batch: {args.rows} rows ÷ 1 = {ratio:.2f}")
     return 0
+
+
+def trained_setup(args):
+    """The trained model and its index, the dev questions' prompts, and the greedy generation
+    (retrieving with the model's calibrated τ) that every loop here decodes with."""
+    from components.config import GenerationConfig
+
+    model, index = load_trained(args.model, args.index)
+    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    return model, index, dev_prompts(model, args.data), cfg
+
+
+def record(args, argv: list[str], result: dict) -> None:
+    """`result` written with where and how it was measured, and RESULTS.md regenerated."""
+    import torch
+
+    write_result(args.out, {**result, "device": device_string(), "model": f"{args.model}, {torch.get_num_threads()} threads",
+                            "command": command_line("bench.continuous_batch", argv)})
+    write_results_md(args.out)
 
 
 def dev_prompts(model, data: str) -> list[list[int]]:
@@ -141,14 +153,10 @@ def dev_prompts(model, data: str) -> list[list[int]]:
 
 
 def kv_cache_dtypes(args, argv: list[str]) -> int:
-    import torch
-
-    from components.config import DecoderConfig, GenerationConfig
+    from components.config import DecoderConfig
     from components.generation.decoder import InStreamDecoder
 
-    model, index = load_trained(args.model, args.index)
-    prompts = dev_prompts(model, args.data)
-    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    model, index, prompts, cfg = trained_setup(args)
     decoders = {k: InStreamDecoder(model, index, config=DecoderConfig(kv_cache_dtype=k)) for k in ("float32", "bfloat16")}
     runs: dict[str, list[dict]] = {k: [] for k in decoders}
     for _ in range(args.rounds):
@@ -157,9 +165,8 @@ def kv_cache_dtypes(args, argv: list[str]) -> int:
             print(f"{k}: {runs[k][-1]['tokens_per_s']:.1f} tok/s", flush=True)
     per_round = [b["tokens_per_s"] / f["tokens_per_s"] for f, b in zip(runs["float32"], runs["bfloat16"])]
     ratio = statistics.median(per_round)
-    write_result(args.out, {
-        "id": "kv_cache_bf16", "ratio": ratio, "goal": None, "met": None, "device": device_string(),
-        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+    record(args, argv, {
+        "id": "kv_cache_bf16", "ratio": ratio, "goal": None, "met": None,
         "what": f"tokens/s of {args.rows} rows kept full by a closed loop of dev questions (retrieval on, calibrated τ): "
                 "a bf16 KV cache ÷ an fp32 one (DecoderConfig.kv_cache_dtype; bf16 matrix products in both)",
         "notes": "`bench/continuous_batch.py --kv-cache-dtypes`: the closed loop of `continuous_batch`, the two caches taking "
@@ -170,7 +177,6 @@ def kv_cache_dtypes(args, argv: list[str]) -> int:
         "details_md": [f"round {i}: fp32 cache {f['tokens_per_s']:.1f} tok/s, bf16 cache {b['tokens_per_s']:.1f} tok/s (×{r:.2f})"
                        for i, (f, b, r) in enumerate(zip(runs["float32"], runs["bfloat16"], per_round))],
     })  # fmt: skip
-    write_results_md(args.out)
     print(f"kv_cache_bf16: bf16 ÷ fp32 = {ratio:.2f}")
     return 0
 
@@ -209,15 +215,10 @@ def open_loop_run(decoder, prompts: list[list[int]], cfg, times: list[float], ro
 
 
 def engine_open_loop(args, argv: list[str]) -> int:
-    import torch
-
     from bench.open_loop import arrivals
-    from components.config import GenerationConfig
     from components.generation.decoder import InStreamDecoder
 
-    model, index = load_trained(args.model, args.index)
-    prompts = dev_prompts(model, args.data)
-    cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0, retrieval_threshold=model.retrieval_threshold)
+    model, index, prompts, cfg = trained_setup(args)
     decoder = InStreamDecoder(model, index)
     capacity = static_capacity(decoder, prompts, cfg, args.rows, args.seconds)
     rates = []
@@ -230,9 +231,8 @@ def engine_open_loop(args, argv: list[str]) -> int:
         rates.append(entry)
         print(f"{fraction} of static capacity: {entry}", flush=True)
     ratio = max(r["ratio"] for r in rates)
-    write_result(args.out, {
-        "id": "p10_engine_open_loop", "ratio": ratio, "goal": "<= 0.6 (P10's, over HTTP)", "met": None, "device": device_string(),
-        "model": f"{args.model}, {torch.get_num_threads()} threads", "command": command_line("bench.continuous_batch", argv),
+    record(args, argv, {
+        "id": "p10_engine_open_loop", "ratio": ratio, "goal": "<= 0.6 (P10's, over HTTP)", "met": None,
         "what": "P10 without HTTP: p50 latency under Poisson arrivals of dev questions, joining the engine's Batch at any "
                 f"step (up to {args.rows} rows) ÷ joining only an empty batch (the static batcher), same arrivals; the worse of the rates",
         "notes": "`bench/continuous_batch.py --open-loop`: one process, the engine stepped on this thread, requests queued in "
@@ -243,7 +243,6 @@ def engine_open_loop(args, argv: list[str]) -> int:
                        f"{r['continuous']['p50_s']:.2f} s, p99 {r['continuous']['p99_s']:.2f} s; static p50 {r['static']['p50_s']:.2f} s, "
                        f"p99 {r['static']['p99_s']:.2f} s; ratio {r['ratio']:.2f}" for r in rates],
     })  # fmt: skip
-    write_results_md(args.out)
     print(f"p10_engine_open_loop: {ratio:.2f}")
     return 0
 
