@@ -5,10 +5,13 @@ forwards, everything else in a step), which is what P5 and P10 over HTTP are mad
 
     python -m bench.continuous_batch --model DIR --index DIR [--data data] [--seconds 30] [--rows 8]
     python -m bench.continuous_batch --model DIR --index DIR --kv-cache-dtypes [--rounds 2]
+    python -m bench.continuous_batch --model DIR --index DIR --matmul-dtypes [--rounds 2]
     python -m bench.continuous_batch --model DIR --index DIR --open-loop [--fractions 0.5 0.9]
 
 `--kv-cache-dtypes`: instead, `kv_cache_bf16`: the same 8-row loop with a bf16 KV cache ÷ an fp32 one
 (DecoderConfig.kv_cache_dtype), rounds interleaved.
+`--matmul-dtypes`: instead, `matmul_int4_engine`: int4 matrix products ÷ bf16 ones at 1 row and at 8
+(DecoderConfig.matmul_dtype; the model's onegen.json must name its base), rounds interleaved.
 `--open-loop`: instead, `p10_engine_open_loop`: P10's measurement without HTTP (Poisson arrivals of dev
 questions joining the engine's Batch at any step, or only an empty one as the static batcher does,
 at fractions of the static batcher's capacity), which tells the engine's share of P10 from the
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64, help="max_new_tokens of each answer")
     parser.add_argument("--kv-cache-dtypes", action="store_true", help="bf16 KV cache ÷ fp32 at --rows instead")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --kv-cache-dtypes")
+    parser.add_argument("--matmul-dtypes", action="store_true", help="int4 ÷ bf16 matrix products at 1 row and at --rows instead")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --kv-cache-dtypes or --matmul-dtypes")
     parser.add_argument("--open-loop", action="store_true", help="P10 on the engine alone instead")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.9], help="--open-loop rates: of the static capacity")
     parser.add_argument("--arrival-seconds", type=float, default=60, help="--open-loop: arrivals over this long, per rate")
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kv_cache_dtypes:
         return kv_cache_dtypes(args, argv)
+    if args.matmul_dtypes:
+        return matmul_dtypes(args, argv)
     if args.open_loop:
         return engine_open_loop(args, argv)
 
@@ -178,6 +184,36 @@ def kv_cache_dtypes(args, argv: list[str]) -> int:
                        for i, (f, b, r) in enumerate(zip(runs["float32"], runs["bfloat16"], per_round))],
     })  # fmt: skip
     print(f"kv_cache_bf16: bf16 ÷ fp32 = {ratio:.2f}")
+    return 0
+
+
+def matmul_dtypes(args, argv: list[str]) -> int:
+    from components.config import DecoderConfig
+    from components.generation.decoder import InStreamDecoder
+
+    model, index, prompts, cfg = trained_setup(args)
+    decoders = {k: InStreamDecoder(model, index, config=DecoderConfig(matmul_dtype=k)) for k in ("bfloat16", "int4")}
+    runs: dict[str, list[dict]] = {f"{k}_{n}": [] for n in (1, args.rows) for k in decoders}
+    for _ in range(args.rounds):
+        for n in (1, args.rows):
+            for k, decoder in decoders.items():
+                runs[f"{k}_{n}"].append(closed_loop(decoder, prompts, cfg, n, args.seconds))
+                print(f"{k}, {n} rows: {runs[f'{k}_{n}'][-1]['tokens_per_s']:.1f} tok/s", flush=True)
+    ratios = {n: statistics.median(b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(runs[f"bfloat16_{n}"], runs[f"int4_{n}"]))
+              for n in (1, args.rows)}
+    record(args, argv, {
+        "id": "matmul_int4_engine", "ratio": ratios[1], "goal": None, "met": None,
+        "what": f"the engine's tokens/s with int4 matrix products (DecoderConfig.matmul_dtype; the fine-tune's difference "
+                f"kept exactly) ÷ bf16 ones, one row; {args.rows} rows in the JSON (retrieval on, calibrated τ)",
+        "notes": "`bench/continuous_batch.py --matmul-dtypes`: the closed loop of `continuous_batch` at 1 row and at "
+                 f"{args.rows}, the two decoders taking turns, median of the per-round ratios. Prompts and passages run "
+                 "bf16 products in both (int4 serves one-token rows), so the difference is in decode steps.",
+        "ratio_by_rows": {str(n): r for n, r in ratios.items()}, "runs": runs,
+        "details_md": [f"{n} row{'s' if n > 1 else ''}: int4 ÷ bf16 ×{ratios[n]:.2f} (" + ", ".join(
+            f"round {i}: {a['tokens_per_s']:.1f} → {b['tokens_per_s']:.1f} tok/s"
+            for i, (a, b) in enumerate(zip(runs[f"bfloat16_{n}"], runs[f"int4_{n}"]))) + ")" for n in (1, args.rows)],
+    })  # fmt: skip
+    print("matmul_int4_engine: " + ", ".join(f"{n} rows ×{r:.2f}" for n, r in ratios.items()))
     return 0
 
 

@@ -95,6 +95,7 @@ def load_model(source: str, device: str = "cpu"):
         model = OneGenModel.from_pretrained(path)
     else:
         model = OneGenModel.build(*load_base(source))
+        model.base = source
     return model.to(device).eval()
 
 

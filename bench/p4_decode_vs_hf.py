@@ -44,16 +44,26 @@ def bytes_per_token(decoder, context: int) -> dict:
     """Bytes a decode step must read at least: every weight of the stack and the head in the type
     the decoder runs them in (of the embedding, one row), and the KV cache at `context` tokens in
     the type it stores."""
-    from components.model.packed_linear import PackedLinear
+    from components.model.packed_linear import ExactHead, Int4Linear, Int8Linear, PackedLinear
 
     embedding = decoder.stack.get_input_embeddings().weight
+    modules = [*decoder.stack.modules(), *decoder.head.modules()]
+    # An int4 layer's bf16 copy serves prompts and passages; a decode step reads its int4 weights.
+    prefill_only = {id(m.wide) for m in modules if isinstance(m, Int4Linear)}
 
     def weight_bytes(module) -> int:
-        if isinstance(module, PackedLinear):  # bf16, whatever else it keeps for its exact logits
-            return 2 * module.out_features * (module.in_features + (module.bias is not None))
+        if isinstance(module, Int4Linear):
+            low_rank = sum(t.numel() * t.element_size() for t in (module.down, module.up) if t is not None)
+            return low_rank + sum(t.numel() * t.element_size() for t in (module.weight_int4, module.scales_and_offsets))
+        if isinstance(module, Int8Linear):
+            return sum(t.numel() * t.element_size() for t in (module.weight_int8, module.scales))
+        if isinstance(module, PackedLinear):
+            return 0 if id(module) in prefill_only else 2 * module.out_features * (module.in_features + (module.bias is not None))
+        if isinstance(module, ExactHead):  # its approximation is a child; of its own weights it reads the recomputed rows
+            return (module.exact_top + len(module.exact_ids)) * module.in_features * module.weight.element_size()
         return sum(p.numel() * p.element_size() for p in module.parameters(recurse=False) if p is not embedding)
 
-    weights = sum(weight_bytes(m) for m in decoder.stack.modules()) + weight_bytes(decoder.head)
+    weights = sum(weight_bytes(m) for m in modules)
     weights += embedding.shape[1] * embedding.element_size()
     cfg = decoder.model.hf.config.get_text_config()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -97,6 +107,7 @@ def measure(setup: Setup) -> dict:
         "in_stream_fp32": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="float32")),
         "in_stream_bf16": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="bfloat16")),
         "in_stream_int8": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="int8")),
+        "in_stream_int4": InStreamDecoder(model, config=DecoderConfig(matmul_dtype="int4")),
         "in_stream_eager_attention": InStreamDecoder(model, config=DecoderConfig(attn_implementation="eager")),
     }
     ids = torch.tensor([prompt], device=device)
@@ -129,6 +140,8 @@ def measure(setup: Setup) -> dict:
                        "bf16_over_fp32": ("in_stream_fp32", "in_stream_bf16"),
                        "int8_ratio": ("hf_generate", "in_stream_int8"),
                        "int8_over_bf16": ("in_stream_bf16", "in_stream_int8"),
+                       "int4_ratio": ("hf_generate", "in_stream_int4"),
+                       "int4_over_bf16": ("in_stream_bf16", "in_stream_int4"),
                        "eager_attention_over_sdpa": ("in_stream", "in_stream_eager_attention")})
     timings = timing_medians(runs.used_results("in_stream"))
     decode_tps = (n - 1) / timings["decode_s"]
@@ -138,18 +151,19 @@ def measure(setup: Setup) -> dict:
     if torch.get_num_threads() > 1:
         setup.log("P4: the process's threads against one thread (wall time) ...")
         threads = thread_comparison(setup, decoders["in_stream"], prompt, cfg)
-    setup.log("P4: bf16's greedy tokens against fp32's ...")
+    setup.log("P4: bf16's and int4's greedy tokens against fp32's ...")
     size = "quick" if setup.plan.new_tokens < 64 else "full"
     numerics = greedy_numerics(setup, decoders["in_stream_bf16"], decoders["in_stream_fp32"], n, NUMERICS_PROMPTS[size])
+    numerics_int4 = greedy_numerics(setup, decoders["in_stream_int4"], decoders["in_stream_fp32"], n, NUMERICS_PROMPTS[size])
     setup.log("P4: memory bandwidth ...")
     bandwidth = copy_bandwidth(0.25 if size == "quick" else 1.0)
     context = len(prompt) + n // 2  # the KV cache's mean length over the answer
-    need = {name: bytes_per_token(decoders[f"in_stream_{name}"], context) for name in ("fp32", "bf16")}
+    need = {name: bytes_per_token(decoders[f"in_stream_{name}"], context) for name in ("fp32", "bf16", "int4")}
     copy = bandwidth["gb_per_s"]["numpy_copy"]
     bound = {k: copy * 1e9 / v["total"] for k, v in need.items()}
-    decode_only = {k: (n - 1) / timing_medians(runs.used_results(f"in_stream_{k}"))["decode_s"] for k in ("fp32", "bf16")}
+    decode_only = {k: (n - 1) / timing_medians(runs.used_results(f"in_stream_{k}"))["decode_s"] for k in ("fp32", "bf16", "int4")}
     share = {k: decode_only[k] / bound[k] for k in bound}
-    dtype = str(decoders["in_stream"].steps.matmul_dtype).removeprefix("torch.")
+    dtype = decoders["in_stream"].steps.matmul_dtype
     process_threads = torch.get_num_threads()
     suffix = "" if process_threads == (os.cpu_count() or 1) else f"_{process_threads}_thread{'s' if process_threads > 1 else ''}"
     return setup.save(setup.base(
@@ -163,15 +177,15 @@ def measure(setup: Setup) -> dict:
         f"elsewhere), HF with `generate(do_sample=False, min_new_tokens={n}, max_new_tokens={n})` on the fp32 model "
         f"(sdpa attention, HF's default). tokens/s = {n} ÷ wall time of the whole call (prompt prefill included in "
         "both), so the ratio is HF's median time ÷ ours. Also timed in the same rounds: ours in fp32 (its tokens must "
-        "equal HF's: `tokens_identical`), in bf16, in int8 weight-only and with eager attention; then, apart, ours at 1 thread against "
+        "equal HF's: `tokens_identical`), in bf16, in int8 weight-only, in int4 (groups of 32) and with eager attention; then, apart, ours at 1 thread against "
         "the process's threads (when it has more), and bf16's greedy tokens against fp32's on the first dev prompts (`numerics`). The "
         "bandwidth bound: the bytes a step must read (weights in the type they are run in, the KV cache at the "
         "answer's mean length) ÷ a 1 GiB copy's bandwidth; `share_of_bound` is the decode-only tokens/s over it.",
         tokens_per_s=tps, tokens_identical=identical, tokens={"prompt": len(prompt), "generated": n},
         matmul_dtype=dtype, ratio_detail=raw["tokens_per_s_ratio"],
-        option_ratios={k: raw[k]["ratio"] for k in ("fp32_ratio", "bf16_over_fp32", "int8_ratio", "int8_over_bf16", "eager_attention_over_sdpa")},
+        option_ratios={k: raw[k]["ratio"] for k in ("fp32_ratio", "bf16_over_fp32", "int8_ratio", "int8_over_bf16", "int4_ratio", "int4_over_bf16", "eager_attention_over_sdpa")},
         in_stream_timings_median=timings, in_stream_decode_only_tokens_per_s=decode_tps, threads=threads,
-        numerics=numerics,
+        numerics=numerics, numerics_int4=numerics_int4,
         bandwidth={**bandwidth, "bytes_per_token": need, "context_tokens": context, "bound_tokens_per_s": bound,
                    "decode_only_tokens_per_s": decode_only, "share_of_bound": share},
         reps=reps, loadavg_start=load0, loadavg_after_rounds=load1,
@@ -180,18 +194,20 @@ def measure(setup: Setup) -> dict:
             measured(raw, "tokens_per_s_ratio", ["hf_generate", "in_stream"]),
             "tokens/s (per second of the basis): " + ", ".join(f"{k} {v:.2f}" for k, v in tps.items())
             + f"; ours in fp32 ÷ HF {raw['fp32_ratio']['ratio']:.3f} (tokens identical to HF's: {identical}); bf16 ÷ fp32 "
-            f"{raw['bf16_over_fp32']['ratio']:.3f}; eager attention ÷ sdpa {raw['eager_attention_over_sdpa']['ratio']:.3f}; "
+            f"{raw['bf16_over_fp32']['ratio']:.3f}; int8 ÷ HF {raw['int8_ratio']['ratio']:.3f}; int4 ÷ HF {raw['int4_ratio']['ratio']:.3f} "
+            f"(÷ bf16 {raw['int4_over_bf16']['ratio']:.3f}); eager attention ÷ sdpa {raw['eager_attention_over_sdpa']['ratio']:.3f}; "
             f"load average {load0} → {load1}",
             *([f"threads (wall time, {threads['rounds']} interleaved rounds, others kept {threads['others_cores_median']:.2f} "
                f"cores busy): {threads['process_threads']} threads {threads['tokens_per_s']['process']:.2f} tokens/s, "
                f"1 thread {threads['tokens_per_s']['one']:.2f}"] if threads else []),
-            numerics_line(numerics, dtype),
+            numerics_line(numerics, "bfloat16"),
+            numerics_line(numerics_int4, "int4"),
             f"bandwidth bound: a 1 GiB copy runs at {copy:.1f} GB/s (read + written; torch's copy "
             f"{bandwidth['gb_per_s']['torch_copy']:.1f}, a read-only pass {bandwidth['gb_per_s']['torch_read']:.1f}); a step "
-            f"reads {need['fp32']['total'] / 1e6:.0f} MB in fp32, {need['bf16']['total'] / 1e6:.0f} MB in bf16 "
-            f"→ at most {bound['fp32']:.1f} and {bound['bf16']:.1f} tokens/s; decode-only we reach "
-            f"{decode_only['fp32']:.1f} ({100 * share['fp32']:.0f} % of it) and {decode_only['bf16']:.1f} "
-            f"({100 * share['bf16']:.0f} %)",
+            f"reads {need['fp32']['total'] / 1e6:.0f} MB in fp32, {need['bf16']['total'] / 1e6:.0f} MB in bf16, "
+            f"{need['int4']['total'] / 1e6:.0f} MB in int4 → at most {bound['fp32']:.1f}, {bound['bf16']:.1f} and "
+            f"{bound['int4']:.1f} tokens/s; decode-only we reach {decode_only['fp32']:.1f} ({100 * share['fp32']:.0f} % of "
+            f"it), {decode_only['bf16']:.1f} ({100 * share['bf16']:.0f} %) and {decode_only['int4']:.1f} ({100 * share['int4']:.0f} %)",
         ],
     ))
 

@@ -192,12 +192,17 @@ class DecoderConfig(FrozenConfig):
     request asks for is its GenerationConfig). Each field's effect on single-stream decode is
     measured in bench/RESULTS.md (`decode_step_profile`, `p4_decode_vs_hf_generate`)."""
 
-    matmul_dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+    matmul_dtype: Literal["auto", "float32", "bfloat16", "int8", "int4"] = Field(
         "auto",
         description="the type of the linear layers' weights while decoding. float32: the model's own modules, as "
                     "it computes; bfloat16: a copy of them whose matrix products use bf16 weights (prepacked for oneDNN "
                     "on a CPU), everything else still in the model's type; int8: weight-only int8 (a scale per row, bf16 "
-                    "activations; fastest for one stream on a CPU, slower than bf16 at 8 rows: bench/matmul_int8.py); "
+                    "activations; faster than bf16 for one stream on a CPU, slower at 8 rows: bench/matmul_int8.py); int4: "
+                    "CPU only: the weights the model was fine-tuned from (its onegen.json 'base') in 4 bits, groups of 32 "
+                    "with a scale and offset each (Q4_1's scheme, what llama.cpp runs), plus the fine-tune's difference kept "
+                    "exactly as the low-rank product it is; one-token rows through torch's int4 kernel, prompts and passages "
+                    "through bf16 products of the same weights (one stream ×1.4 of bf16, 8 rows ×0.94: bench/RESULTS.md, "
+                    "P4 and matmul_int4_engine; the base model is loaded when the decoder is made); "
                     "auto: bfloat16 where the hardware is fast at it (a GPU with bf16, a CPU with AVX512-BF16: "
                     "bench/RESULTS.md, P4)",
     )
@@ -210,7 +215,7 @@ class DecoderConfig(FrozenConfig):
         description="what the KV cache stores keys and values in while decoding (attention then runs in it too). "
                     "float32: as the model computes; bfloat16: half the bytes that every step's attention reads and "
                     "every join, leave and compaction copies (bench/RESULTS.md: kv_cache_bf16); auto: bfloat16 "
-                    "where matmul_dtype resolves to bfloat16 or int8 on a CPU, else float32",
+                    "where matmul_dtype resolves to bfloat16, int8 or int4 on a CPU, else float32",
     )
     reuse_lead_in: bool = Field(
         True, description="prefill the chat template's fixed lead-in (what every chat prompt starts with: the system "

@@ -51,6 +51,9 @@ class OneGenModel(nn.Module):
         # saved with the model, None until calibrated.
         self.retrieval_threshold: float | None = None
         self.link_threshold: float | None = None  # the same for [EL] (GenerationConfig.link_threshold)
+        # The ModelConfig.source these weights were fine-tuned from, None if not known; saved with
+        # the model. Int4 decoding rounds the base's weights and keeps the fine-tune's difference.
+        self.base: str | None = None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class OneGenModel(nn.Module):
             "fingerprint": self._fingerprint,
             "retrieval_threshold": self.retrieval_threshold,
             "link_threshold": self.link_threshold,
+            "base": self.base,
         }
         (directory / ONEGEN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
@@ -207,6 +211,7 @@ class OneGenModel(nn.Module):
         model._fingerprint = meta["fingerprint"] if lora is None else None
         model.retrieval_threshold = meta.get("retrieval_threshold")
         model.link_threshold = meta.get("link_threshold")
+        model.base = meta.get("base")
         return model
 
 

@@ -380,7 +380,7 @@ class OneGenServer:
         return {"status": "ok" if self.batcher.healthy else "unhealthy", "model": self.served_name, "version": self.current.version,
                 "replica": self.replica, "node_id": self.node_id, "placement_group": self.placement_group,
                 "faiss_actor": self.faiss and self.faiss.actor_name,
-                "decoder": {"matmul_dtype": str(steps.matmul_dtype).removeprefix("torch."),
+                "decoder": {"matmul_dtype": steps.matmul_dtype,
                             "kv_cache_dtype": str(steps.kv_dtype or "the model's").removeprefix("torch."), "threads": self.current.decoder.config.threads,
                             "batching": self.args.batching}}  # fmt: skip
 

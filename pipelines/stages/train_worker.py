@@ -43,7 +43,9 @@ def build_model(cfg: TrainConfig) -> OneGenModel:
     random init the same on every worker and in the driver."""
     torch.manual_seed(cfg.optim.seed)
     lm, tokenizer = load_base(cfg.model.source, dtype=getattr(torch, cfg.model.dtype))
-    return OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)
+    model = OneGenModel.build(lm, tokenizer, cfg.model.format, cfg.model.lora)
+    model.base = cfg.model.source  # saved with it: what int4 decoding rounds (DecoderConfig.matmul_dtype)
+    return model
 
 
 def weights_config_hash(cfg: TrainConfig) -> str:

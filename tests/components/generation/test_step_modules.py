@@ -27,22 +27,22 @@ def trained(trained_tiny):
 
 def test_float32_runs_the_models_own_modules(tiny_model):
     steps = step_modules(tiny_model, FP32)
-    assert steps.own and steps.matmul_dtype == torch.float32
+    assert steps.own and steps.matmul_dtype == "float32"
     assert steps.stack is tiny_model.hf.get_decoder() and steps.head is tiny_model.hf.get_output_embeddings()
 
 
 def test_auto_is_bf16_exactly_where_the_cpu_has_it(tiny_model):
-    expected = torch.bfloat16 if packed_linear.available() else torch.float32
+    expected = "bfloat16" if packed_linear.available() else "float32"
     assert DecoderConfig().matmul_dtype == "auto"
     assert matmul_dtype(tiny_model, DecoderConfig()) == expected
-    assert matmul_dtype(tiny_model, DecoderConfig(matmul_dtype="bfloat16")) == torch.bfloat16
+    assert matmul_dtype(tiny_model, DecoderConfig(matmul_dtype="bfloat16")) == "bfloat16"
 
 
 @bf16_cpu
 def test_bf16_runs_a_packed_copy_and_leaves_the_model_as_it_was(tiny_model):
     before = {k: v.clone() for k, v in tiny_model.hf.state_dict().items()}
     steps = step_modules(tiny_model, BF16)
-    assert not steps.own and steps.matmul_dtype == torch.bfloat16
+    assert not steps.own and steps.matmul_dtype == "bfloat16"
     assert isinstance(steps.head, PackedHead)
     assert isinstance(steps.stack.layers[0].mlp.down_proj, PackedLinear)
     assert type(tiny_model.hf.get_decoder().layers[0].mlp.down_proj) is torch.nn.Linear
@@ -122,7 +122,7 @@ def test_bf16_batched_decoding_equals_decoding_each_alone(trained):
 def test_int8_runs_a_weight_only_int8_copy_and_decodes_like_fp32_within_its_rounding(trained):
     model, index, prompts = trained
     steps = step_modules(model, DecoderConfig(matmul_dtype="int8"))
-    assert not steps.own and steps.matmul_dtype == torch.int8
+    assert not steps.own and steps.matmul_dtype == "int8"
     assert isinstance(steps.head, packed_linear.Int8Head) and isinstance(steps.stack.layers[0].mlp.down_proj, packed_linear.Int8Linear)
     assert type(model.hf.get_decoder().layers[0].mlp.down_proj) is torch.nn.Linear  # the model is left alone
     cfg = GenerationConfig(max_new_tokens=16)
@@ -136,6 +136,73 @@ def test_int8_runs_a_weight_only_int8_copy_and_decodes_like_fp32_within_its_roun
     for a, b in same:
         assert [h.doc_ids for h in a.hops] == [h.doc_ids for h in b.hops]
         assert min(float(np.dot(x.vector, y.vector)) for x, y in zip(a.hops, b.hops)) > 0.99
+
+
+@pytest.fixture
+def fine_tuned(tokenizer, tmp_path):
+    """A tiny model "fine-tuned" with LoRA (random rank-4 updates, merged), whose base is saved
+    where its onegen.json says, as training records it."""
+    from components.config import LoraConfig
+    from components.model.base import tiny_llama
+    from components.model.onegen import OneGenModel
+
+    base = tiny_llama(tokenizer, hidden_size=128, intermediate_size=256)  # int4 groups of 32 along 128 and 256
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    lora = OneGenModel.build(base, tokenizer, lora=LoraConfig(r=4, dropout=0.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in lora.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model = OneGenModel(lora.merged(), tokenizer)
+    model.base = str(tmp_path / "base")
+    return model.eval()
+
+
+def test_int4_rounds_the_base_keeps_the_fine_tune_exactly_and_decodes_a_row_as_alone(fine_tuned, tmp_path):
+    from components.model.base import load_base
+
+    model = fine_tuned
+    steps = step_modules(model, DecoderConfig(matmul_dtype="int4"))
+    assert not steps.own and steps.matmul_dtype == "int4" and steps.kv_dtype == torch.bfloat16
+    assert isinstance(steps.head, packed_linear.Int4Head) and isinstance(steps.stack.layers[0].mlp.down_proj, packed_linear.Int4Linear)
+    assert type(model.hf.get_decoder().layers[0].mlp.down_proj) is torch.nn.Linear  # the model is left alone
+    # each layer is an int4 product of the base's weights plus the fine-tune's difference, of rank
+    # 4, exactly what LoRA added
+    base = load_base(str(tmp_path / "base"))[0].get_decoder()
+    for name in ("self_attn.k_proj", "mlp.down_proj"):
+        int4, tuned = steps.stack.layers[1].get_submodule(name), model.hf.get_decoder().layers[1].get_submodule(name)
+        assert int4.down.shape[1] == 4
+        delta = (tuned.weight - base.layers[1].get_submodule(name).weight).detach()
+        torch.testing.assert_close((int4.down @ int4.up).T, delta, atol=1e-6, rtol=1e-4)
+
+    # one token per row (the int4 kernel) and a prompt (bf16 products of the same weights): the
+    # model's own states within 4-bit rounding (a random model's logits are too flat to compare picks)
+    ids = torch.tensor([[5, 17, 300, 41, 9]])
+    with torch.inference_mode():
+        for x in (ids[:, :1], ids):
+            got = steps.stack(input_ids=x).last_hidden_state[0, -1]
+            want = model.hf.get_decoder()(input_ids=x).last_hidden_state[0, -1]
+            assert torch.nn.functional.cosine_similarity(got, want, dim=0) > 0.99
+    prompts = [model.formatter.prompt([{"role": "user", "content": q}]) for q in ("Who wrote it?", "Where is the capital?", "Name a red animal.")]
+    cfg = GenerationConfig(max_new_tokens=12, retrieval=False)
+    int4 = InStreamDecoder(model, config=DecoderConfig(matmul_dtype="int4"))
+    together = int4.generate(prompts, cfg)
+    for p, t in zip(prompts, together):  # a row's steps do not depend on the other rows
+        assert int4.generate([p], cfg)[0].generated == t.generated
+
+
+def test_int4_refuses_a_model_whose_base_is_not_known(tiny_model):
+    with pytest.raises(ValueError, match="int4' needs the model's base"):
+        step_modules(tiny_model, DecoderConfig(matmul_dtype="int4"))
+
+
+def test_int4_and_int8_are_refused_off_the_cpu(tiny_model, monkeypatch):
+    monkeypatch.setattr(type(tiny_model), "device", property(lambda self: torch.device("cuda")))
+    for kind in ("int4", "int8"):
+        with pytest.raises(ValueError, match=f"matmul_dtype '{kind}' runs torch's CPU kernels"):
+            step_modules(tiny_model, DecoderConfig(matmul_dtype=kind))
 
 
 def test_the_kv_cache_is_bf16_where_the_matmuls_are_and_as_asked(tiny_model):

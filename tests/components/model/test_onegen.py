@@ -103,6 +103,7 @@ def test_standalone_embeddings_match_the_training_forward(tiny_model, small_corp
 
 def test_save_and_load_round_trip_in_hf_format(tmp_path, tiny_model, batch):
     tiny_model.eval()
+    tiny_model.base = "tiny"  # what it was fine-tuned from: int4 decoding rounds that
     before = tiny_model(batch)
     path = tiny_model.save_pretrained(tmp_path / "model")
     files = {p.name for p in path.iterdir()}
@@ -116,6 +117,7 @@ def test_save_and_load_round_trip_in_hf_format(tmp_path, tiny_model, batch):
     torch.testing.assert_close(after.query_vectors, before.query_vectors)
     torch.testing.assert_close(after.lm_loss, before.lm_loss)
     assert loaded.fingerprint() == meta["fingerprint"] == tiny_model.fingerprint()
+    assert loaded.base == meta["base"] == "tiny"
 
 
 def test_loading_a_plain_hf_directory_says_what_is_missing(tmp_path, tiny_model):

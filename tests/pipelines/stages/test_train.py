@@ -138,6 +138,7 @@ def test_zero3_on_s3_logs_checkpoints_resumes_a_killed_worker_and_writes_the_mod
     trained = OneGenModel.from_pretrained(tmp_path / "model")
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(trained.hf.state_dict()[name], build_model(cfg.train).hf.state_dict()[name])
+    assert trained.base == cfg.train.model.source  # what int4 decoding rounds
 
 
 @pytest.mark.timeout(30)
