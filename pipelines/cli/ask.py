@@ -70,7 +70,12 @@ class Ask(Command, GenerationConfig):
             return 2
         model, index = loaded
         prompt = model.formatter.prompt([{"role": "user", "content": self.question}])
-        out = InStreamDecoder(model, index, config=self.decoder).generate([prompt], self.generation)[0]
+        try:
+            decoder = InStreamDecoder(model, index, config=self.decoder)
+        except ValueError as err:  # a DecoderConfig this model or machine cannot run (int4 without a base, ...)
+            print(f"onegen ask: {err}", file=sys.stderr)
+            return 2
+        out = decoder.generate([prompt], self.generation)[0]
         if self.as_json:
             hops = [{k: v for k, v in asdict(h).items() if k != "vector"} for h in out.hops]
             print(json.dumps({"answer": out.text, "finish_reason": out.finish_reason, "hops": hops, "timings": out.timings}))

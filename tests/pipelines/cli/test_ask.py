@@ -47,6 +47,8 @@ def test_ask_reports_bad_input_without_a_traceback(saved, tmp_path, capsys):
     assert "not a OneGen model" in capsys.readouterr().err
     assert main(["ask", "q", "--model", str(saved / "model"), "--max_new_tokens", "0"]) == 2
     assert "max_new_tokens" in capsys.readouterr().err
+    assert main(["ask", "q", "--model", str(saved / "model"), "--decoder.matmul_dtype", "int4"]) == 2  # no base recorded
+    assert "int4' needs the model's base" in capsys.readouterr().err
 
 
 def test_link_prints_the_mentions_the_same_weights_find(saved, trained_tiny, capsys):
