@@ -158,18 +158,29 @@ def dev_prompts(model, data: str) -> list[list[int]]:
     return [model.formatter.prompt([{"role": "user", "content": q}]) for q in questions]
 
 
+def taking_turns(decoders: dict, prompts: list[list[int]], cfg, rows: list[int], args) -> dict[str, dict[int, list[dict]]]:
+    """`closed_loop` of each decoder at each row count, the decoders taking turns, `args.rounds` rounds."""
+    runs: dict[str, dict[int, list[dict]]] = {k: {n: [] for n in rows} for k in decoders}
+    for _ in range(args.rounds):
+        for n in rows:
+            for k, decoder in decoders.items():
+                runs[k][n].append(closed_loop(decoder, prompts, cfg, n, args.seconds))
+                print(f"{k}, {n} rows: {runs[k][n][-1]['tokens_per_s']:.1f} tok/s", flush=True)
+    return runs
+
+
+def per_round_ratios(base: list[dict], other: list[dict]) -> list[float]:
+    return [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(base, other)]
+
+
 def kv_cache_dtypes(args, argv: list[str]) -> int:
     from components.config import DecoderConfig
     from components.generation.decoder import InStreamDecoder
 
     model, index, prompts, cfg = trained_setup(args)
     decoders = {k: InStreamDecoder(model, index, config=DecoderConfig(kv_cache_dtype=k)) for k in ("float32", "bfloat16")}
-    runs: dict[str, list[dict]] = {k: [] for k in decoders}
-    for _ in range(args.rounds):
-        for k, decoder in decoders.items():
-            runs[k].append(closed_loop(decoder, prompts, cfg, args.rows, args.seconds))
-            print(f"{k}: {runs[k][-1]['tokens_per_s']:.1f} tok/s", flush=True)
-    per_round = [b["tokens_per_s"] / f["tokens_per_s"] for f, b in zip(runs["float32"], runs["bfloat16"])]
+    runs = {k: by_rows[args.rows] for k, by_rows in taking_turns(decoders, prompts, cfg, [args.rows], args).items()}
+    per_round = per_round_ratios(runs["float32"], runs["bfloat16"])
     ratio = statistics.median(per_round)
     record(args, argv, {
         "id": "kv_cache_bf16", "ratio": ratio, "goal": None, "met": None,
@@ -193,14 +204,9 @@ def matmul_dtypes(args, argv: list[str]) -> int:
 
     model, index, prompts, cfg = trained_setup(args)
     decoders = {k: InStreamDecoder(model, index, config=DecoderConfig(matmul_dtype=k)) for k in ("bfloat16", "int4")}
-    runs: dict[str, list[dict]] = {f"{k}_{n}": [] for n in (1, args.rows) for k in decoders}
-    for _ in range(args.rounds):
-        for n in (1, args.rows):
-            for k, decoder in decoders.items():
-                runs[f"{k}_{n}"].append(closed_loop(decoder, prompts, cfg, n, args.seconds))
-                print(f"{k}, {n} rows: {runs[f'{k}_{n}'][-1]['tokens_per_s']:.1f} tok/s", flush=True)
-    ratios = {n: statistics.median(b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(runs[f"bfloat16_{n}"], runs[f"int4_{n}"]))
-              for n in (1, args.rows)}
+    turns = taking_turns(decoders, prompts, cfg, [1, args.rows], args)
+    runs = {f"{k}_{n}": loops for k, by_rows in turns.items() for n, loops in by_rows.items()}
+    ratios = {n: statistics.median(per_round_ratios(turns["bfloat16"][n], turns["int4"][n])) for n in (1, args.rows)}
     record(args, argv, {
         "id": "matmul_int4_engine", "ratio": ratios[1], "goal": None, "met": None,
         "what": f"the engine's tokens/s with int4 matrix products (DecoderConfig.matmul_dtype; the fine-tune's difference "

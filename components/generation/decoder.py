@@ -747,8 +747,10 @@ COMPACT_AT = 0.25
 
 def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     """Drop padding slots shared by the whole batch; returns the new attention mask."""
-    width = int(mask.sum(1).max()) if mask.numel() else 0
-    if mask.numel() == 0 or width >= (1 - COMPACT_AT) * mask.shape[1] or width == mask.shape[1]:
+    if mask.numel() == 0:
+        return mask
+    width = int(mask.sum(1).max())
+    if width >= (1 - COMPACT_AT) * mask.shape[1]:  # also when nothing is shared padding (width == columns)
         return mask
     if not plain_layers(cache):  # sliding windows etc.: leave as is
         return mask
