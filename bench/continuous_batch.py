@@ -6,7 +6,7 @@ forwards, everything else in a step), which is what P5 and P10 over HTTP are mad
     python -m bench.continuous_batch --model DIR --index DIR [--data data] [--seconds 30] [--rows 8]
     python -m bench.continuous_batch --model DIR --index DIR --kv-cache-dtypes [--rounds 2]
     python -m bench.continuous_batch --model DIR --index DIR --matmul-dtypes [--rounds 2]
-    python -m bench.continuous_batch --model DIR --index DIR --open-loop [--fractions 0.5 0.9]
+    python -m bench.continuous_batch --model DIR --index DIR --open-loop [--fractions 0.5 0.9] [--admission 2 4]
 
 `--kv-cache-dtypes`: instead, `kv_cache_bf16`: the same 8-row loop with a bf16 KV cache ÷ an fp32 one
 (DecoderConfig.kv_cache_dtype), rounds interleaved.
@@ -15,7 +15,8 @@ forwards, everything else in a step), which is what P5 and P10 over HTTP are mad
 `--open-loop`: instead, `p10_engine_open_loop`: P10's measurement without HTTP (Poisson arrivals of dev
 questions joining the engine's Batch at any step, or only an empty one as the static batcher does,
 at fractions of the static batcher's capacity), which tells the engine's share of P10 from the
-serving stack's.
+serving stack's; with each request decoded alone (the floor no scheduler goes under), and with
+`--admission` caps (continuous batching that keeps later arrivals waiting beyond that many rows).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --kv-cache-dtypes or --matmul-dtypes")
     parser.add_argument("--open-loop", action="store_true", help="P10 on the engine alone instead")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.9], help="--open-loop rates: of the static capacity")
+    parser.add_argument("--admission", type=int, nargs="*", default=[],
+                        help="--open-loop: also continuous batching with at most this many rows decoding at once (each)")
     parser.add_argument("--arrival-seconds", type=float, default=60, help="--open-loop: arrivals over this long, per rate")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -256,6 +259,15 @@ def open_loop_run(decoder, prompts: list[list[int]], cfg, times: list[float], ro
     return {"requests": len(latencies), "p50_s": statistics.median(latencies), "p99_s": float(np.quantile(latencies, 0.99))}
 
 
+def alone(decoder, prompt: list[int], cfg) -> float:
+    """Seconds one request takes decoded alone: the floor its latency under any load stands on."""
+    batch, started = decoder.batch(), time.perf_counter()
+    batch.join(0, prompt, cfg)
+    while batch.rows:
+        batch.step()
+    return time.perf_counter() - started
+
+
 def engine_open_loop(args, argv: list[str]) -> int:
     from bench.open_loop import arrivals
     from components.generation.decoder import InStreamDecoder
@@ -267,9 +279,13 @@ def engine_open_loop(args, argv: list[str]) -> int:
     for n, fraction in enumerate(args.fractions):
         times = arrivals(fraction * capacity, args.arrival_seconds, seed=n)  # the arrivals bench.serve_latency draws
         entry = {"fraction": fraction, "rate": fraction * capacity, "requests": len(times),
+                 "alone": {"p50_s": statistics.median(alone(decoder, prompts[k % len(prompts)], cfg) for k in range(len(times)))},
                  "continuous": open_loop_run(decoder, prompts, cfg, times, args.rows, static=False),
                  "static": open_loop_run(decoder, prompts, cfg, times, args.rows, static=True)}
+        # Admission caps: continuous batching that lets fewer rows decode at once, the rest waiting.
+        entry |= {f"continuous_at_most_{cap}": open_loop_run(decoder, prompts, cfg, times, cap, static=False) for cap in args.admission}
         entry["ratio"] = entry["continuous"]["p50_s"] / entry["static"]["p50_s"]
+        entry["floor_ratio"] = entry["alone"]["p50_s"] / entry["static"]["p50_s"]
         rates.append(entry)
         print(f"{fraction} of static capacity: {entry}", flush=True)
     ratio = max(r["ratio"] for r in rates)
@@ -283,7 +299,9 @@ def engine_open_loop(args, argv: list[str]) -> int:
         "static_capacity_per_s": capacity, "rates": rates,
         "details_md": [f"{r['rate']:.2f} req/s ({r['fraction']:.0%} of static capacity), {r['requests']} requests: continuous p50 "
                        f"{r['continuous']['p50_s']:.2f} s, p99 {r['continuous']['p99_s']:.2f} s; static p50 {r['static']['p50_s']:.2f} s, "
-                       f"p99 {r['static']['p99_s']:.2f} s; ratio {r['ratio']:.2f}" for r in rates],
+                       f"p99 {r['static']['p99_s']:.2f} s; ratio {r['ratio']:.2f}; alone p50 {r['alone']['p50_s']:.2f} s (floor ratio "
+                       f"{r['floor_ratio']:.2f})" + "".join(f"; at most {cap} rows p50 {r[f'continuous_at_most_{cap}']['p50_s']:.2f} s"
+                                                          for cap in args.admission) for r in rates],
     })  # fmt: skip
     print(f"p10_engine_open_loop: {ratio:.2f}")
     return 0

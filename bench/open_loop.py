@@ -25,6 +25,12 @@ def arrivals(rate: float, seconds: float, seed: int) -> list[float]:
     return times
 
 
+def streaming(body: dict, questions: Sequence[str], i: int) -> dict:
+    """Request i of a run: `body` asking question i (cycled), streamed with its usage."""
+    return {**body, "messages": [{"role": "user", "content": questions[i % len(questions)]}], "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+
+
 async def _one(http, url: str, body: dict, at: float, start: float) -> dict:
     """One request at its time: its status (0: no HTTP answer), latency, TTFT, tokens; a refusal's
     Retry-After; a stream that ended in an error chunk is not a success."""
@@ -64,8 +70,7 @@ def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict, 
         limits = httpx.Limits(max_connections=len(times) + 1, max_keepalive_connections=64)
         async with httpx.AsyncClient(timeout=900, limits=limits) as http:
             start = time.perf_counter() + 0.5
-            bodies = [{**body, "messages": [{"role": "user", "content": questions[i % len(questions)]}],
-                       "stream": True, "stream_options": {"include_usage": True}} for i in range(len(times))]  # fmt: skip
+            bodies = [streaming(body, questions, i) for i in range(len(times))]
             return await asyncio.gather(*(_one(http, url, b, at, start) for b, at in zip(bodies, times)))
 
     began = time.perf_counter()
@@ -80,6 +85,24 @@ def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict, 
         "mean_tokens": statistics.mean(a["tokens"] for a in ok), "seconds": wall,
         "tokens_per_s": sum(a["tokens"] for a in ok) / wall,
     }  # fmt: skip
+
+
+def one_at_a_time(url: str, questions: Sequence[str], count: int, body: dict) -> list[float]:
+    """The latencies of the first `count` requests `run` would send, each sent alone once the one
+    before has finished: no queue and no neighbours, the floor any scheduler's latency stands on."""
+    import httpx
+
+    async def each() -> list[float]:
+        async with httpx.AsyncClient(timeout=900) as http:
+            out = []
+            for i in range(count):
+                answer = await _one(http, url, streaming(body, questions, i), 0.0, time.perf_counter())
+                if answer["status"] != 200 or "stream_error" in answer:
+                    raise RuntimeError(f"request {i} sent alone failed: {answer}")
+                out.append(answer["latency_s"])
+            return out
+
+    return asyncio.run(each())
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

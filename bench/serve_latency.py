@@ -61,7 +61,8 @@ NOTES = (
     "questions from question n; `errors` counts non-200 answers. Open loop (P10): `bench/open_loop.py`, Poisson "
     "arrivals drawn once (seeded) and sent to both apps, streaming; latency from the request's own send time, "
     "queueing included; TTFT: the first chunk with answer text. The rates are fractions of the static batcher's "
-    "closed-loop capacity (its requests/s at 8 clients)."
+    "closed-loop capacity (its requests/s at 8 clients). `alone`: the same requests sent one at a time (the floor: no "
+    "scheduler gives a request less than its time alone; `floor_ratio` = alone p50 ÷ static p50)."
 )
 
 
@@ -75,7 +76,8 @@ def open_lines(p10: dict) -> list[str]:
             + "; ".join(f"{b} p50 {rate[b]['p50_s']:.2f} s, p99 {rate[b]['p99_s']:.2f} s, TTFT p50 {rate[b]['ttft_p50_s']:.2f} s"
                         f" p99 {rate[b]['ttft_p99_s']:.2f} s, {rate[b]['tokens_per_s']:.1f} tok/s, {rate[b]['errors']} errors"
                         for b in BATCHINGS)
-            + f"; p50 ratio {rate['ratio']:.3f}" for rate in p10["rates"]]  # fmt: skip
+            + f"; p50 ratio {rate['ratio']:.3f}; each request alone p50 {rate['alone']['p50_s']:.2f} s, the floor ratio "
+            f"{rate['floor_ratio']:.3f}" for rate in p10["rates"]]  # fmt: skip
 
 
 def default_model() -> tuple[Path, Path]:
@@ -154,15 +156,20 @@ def closed_loop(url: str, questions: list[str], tokens: int, seconds: float, lev
 def p10(urls: dict[str, str], questions: list[str], capacity: float, fractions: list[float], seconds: float, tokens: int) -> dict:
     """Open-loop Poisson arrivals at each fraction of `capacity` (req/s), the same to both apps."""
     body = {"model": "onegen", "max_tokens": tokens, "temperature": 0}
+    schedules = [open_loop.arrivals(capacity * fraction, seconds, seed=n) for n, fraction in enumerate(fractions)]
+    # The floor: each rate's requests sent alone. No scheduler gives a request less than its time
+    # alone, so alone p50 ÷ static p50 is the smallest ratio this machine allows at that rate.
+    alone = open_loop.one_at_a_time(urls["continuous"], questions, max(map(len, schedules)), body)
     rates = []
-    for n, fraction in enumerate(fractions):
+    for fraction, times in zip(fractions, schedules, strict=True):
         rate = capacity * fraction
-        times = open_loop.arrivals(rate, seconds, seed=n)
-        entry = {"fraction": fraction, "rate_per_s": rate, "requests": len(times)}
+        entry = {"fraction": fraction, "rate_per_s": rate, "requests": len(times),
+                 "alone": {"p50_s": statistics.median(alone[: len(times)])}}
         for batching in BATCHINGS:
             entry[batching] = open_loop.run(urls[batching], questions, times, body)
             print(f"  P10 {rate:.2f} req/s {batching}: {entry[batching]}", flush=True)
         entry["ratio"] = entry["continuous"]["p50_s"] / entry["static"]["p50_s"]
+        entry["floor_ratio"] = entry["alone"]["p50_s"] / entry["static"]["p50_s"]
         rates.append(entry)
     return {"rates": rates, "ratio": max(r["ratio"] for r in rates), "arrival_seconds": seconds}
 
