@@ -37,6 +37,7 @@ from bench.common import (
     example_rows,
     load_trained,
     questions_and_gold,
+    timed,
     write_result,
     write_results_md,
 )
@@ -259,15 +260,6 @@ def open_loop_run(decoder, prompts: list[list[int]], cfg, times: list[float], ro
     return {"requests": len(latencies), "p50_s": statistics.median(latencies), "p99_s": float(np.quantile(latencies, 0.99))}
 
 
-def alone(decoder, prompt: list[int], cfg) -> float:
-    """Seconds one request takes decoded alone: the floor its latency under any load stands on."""
-    batch, started = decoder.batch(), time.perf_counter()
-    batch.join(0, prompt, cfg)
-    while batch.rows:
-        batch.step()
-    return time.perf_counter() - started
-
-
 def engine_open_loop(args, argv: list[str]) -> int:
     from bench.open_loop import arrivals
     from components.generation.decoder import InStreamDecoder
@@ -275,11 +267,13 @@ def engine_open_loop(args, argv: list[str]) -> int:
     model, index, prompts, cfg = trained_setup(args)
     decoder = InStreamDecoder(model, index)
     capacity = static_capacity(decoder, prompts, cfg, args.rows, args.seconds)
+    schedules = [arrivals(f * capacity, args.arrival_seconds, seed=n) for n, f in enumerate(args.fractions)]  # bench.serve_latency's
+    # The floor: each request decoded alone (no queue, no neighbours), once for the longest schedule.
+    alone = [timed(lambda k=k: decoder.generate([prompts[k % len(prompts)]], cfg))[0] for k in range(max(map(len, schedules)))]
     rates = []
-    for n, fraction in enumerate(args.fractions):
-        times = arrivals(fraction * capacity, args.arrival_seconds, seed=n)  # the arrivals bench.serve_latency draws
+    for fraction, times in zip(args.fractions, schedules, strict=True):
         entry = {"fraction": fraction, "rate": fraction * capacity, "requests": len(times),
-                 "alone": {"p50_s": statistics.median(alone(decoder, prompts[k % len(prompts)], cfg) for k in range(len(times)))},
+                 "alone": {"p50_s": statistics.median(alone[: len(times)])},
                  "continuous": open_loop_run(decoder, prompts, cfg, times, args.rows, static=False),
                  "static": open_loop_run(decoder, prompts, cfg, times, args.rows, static=True)}
         # Admission caps: continuous batching that lets fewer rows decode at once, the rest waiting.

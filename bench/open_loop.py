@@ -61,6 +61,11 @@ async def _one(http, url: str, body: dict, at: float, start: float) -> dict:
     return {"status": 200, "at": at, "latency_s": done, "ttft_s": first if first is not None else done, "tokens": tokens}
 
 
+def succeeded(answer: dict) -> bool:
+    """A request `_one` sent got its whole answer: a 200 whose stream did not end in an error."""
+    return answer["status"] == 200 and "stream_error" not in answer
+
+
 def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict, keep_answers: bool = False) -> dict:
     """Send `questions` (cycled) at `times`; latency and TTFT percentiles, throughput, errors (and
     every request's own outcome, with `keep_answers`)."""
@@ -76,7 +81,7 @@ def run(url: str, questions: Sequence[str], times: Sequence[float], body: dict, 
     began = time.perf_counter()
     answers = asyncio.run(all_of_them())
     wall = time.perf_counter() - began
-    ok = [a for a in answers if a["status"] == 200 and "stream_error" not in a]
+    ok = [a for a in answers if succeeded(a)]
     latencies, ttfts = sorted(a["latency_s"] for a in ok), sorted(a["ttft_s"] for a in ok)
     return ({"answers": answers} if keep_answers else {}) | {
         "requests": len(answers), "ok": len(ok), "errors": len(answers) - len(ok),
@@ -97,7 +102,7 @@ def one_at_a_time(url: str, questions: Sequence[str], count: int, body: dict) ->
             out = []
             for i in range(count):
                 answer = await _one(http, url, streaming(body, questions, i), 0.0, time.perf_counter())
-                if answer["status"] != 200 or "stream_error" in answer:
+                if not succeeded(answer):
                     raise RuntimeError(f"request {i} sent alone failed: {answer}")
                 out.append(answer["latency_s"])
             return out
