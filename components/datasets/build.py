@@ -12,6 +12,9 @@
     linking_{wikipedia,wordnet}_ambiguous_train.jsonl
                                           ... those of texts with an ambiguous mention (for
                                           WordNet nearly all of them), to weigh up in a mix
+    linking_{wikipedia,wordnet}_pairs_train.jsonl
+                                          two training texts joined, in which one form names two
+                                          entities (components/datasets/contrast_pairs.py)
     linking_wikipedia_dev.jsonl, linking_wordnet_dev.jsonl
                                           held-out linking texts with their gold mentions
     quarantine.jsonl                      rows that failed, with the reason (only if any did)
@@ -45,6 +48,7 @@ from components.data.screening import (
     screen,
 )
 from components.datasets.config import BuildConfig
+from components.datasets.contrast_pairs import contrast_pairs
 from components.datasets.fanoutqa import (
     NegativeMiner,
     fanoutqa_examples,
@@ -229,7 +233,8 @@ def _build_linking(out: Path, config: BuildConfig, articles: VitalArticles, corp
         # The texts with an ambiguous mention again on their own, for a preset to weigh up: a few
         # hundred of the vital articles' ~13,500 training texts are where linking is hard.
         for name, texts_of in ((f"linking_{kb_name}_train.jsonl", train),
-                               (f"linking_{kb_name}_ambiguous_train.jsonl", [t for t in train if any(m.ambiguous for m in t.mentions)])):
+                               (f"linking_{kb_name}_ambiguous_train.jsonl", [t for t in train if any(m.ambiguous for m in t.mentions)]),
+                               (f"linking_{kb_name}_pairs_train.jsonl", contrast_pairs(train, config.seed))):
             rows = [linking_example(t, config.linking_negatives) for t in texts_of]
             rows_report = report.sources[f"{name.removesuffix('.jsonl')}_rows"] = ScreenReport(source=f"{kb_name} linking rows of {name}")
             train_rows = list(screen(enumerate(rows, start=1), example_check(both), quarantine, rows_report))

@@ -95,6 +95,11 @@ def test_build_writes_linking_rows_split_by_source(tmp_path):
         ambiguous = list(iter_examples(tmp_path / f"linking_{kb}_ambiguous_train.jsonl", both, ScreenReport(source="a")))
         assert [r.id for r in ambiguous] == [r.id for r in train if any(r.negatives)]
         assert len(ambiguous) > 0 or kb == "wikipedia"  # every WordNet sample lemma is polysemous
+        # Pairs join two of those training texts (none here: no form names two training entities;
+        # tests/components/datasets/test_contrast_pairs.py pairs them), counted like the others.
+        pairs = list(iter_examples(tmp_path / f"linking_{kb}_pairs_train.jsonl", both, ScreenReport(source="p")))
+        assert all(len(r.positives) >= 2 and set(r.id.split("+")) <= {a.id for a in ambiguous} for r in pairs)
+        assert report.files[f"linking_{kb}_pairs_train.jsonl"].screen.kept == len(pairs)
     assert "[EL]" in report.summary() and "gold mentions" in report.summary()
 
 
