@@ -27,6 +27,11 @@ class FormatConfig(FrozenConfig):
 
     max_passage_tokens: PositiveInt = Field(160, description="passage tokens inserted between <paragraph> ... </paragraph>")
     max_document_tokens: PositiveInt = Field(256, description="document tokens embedded before [RD]")
+    # A causal state at [EL] has read the text only up to the mention's end, and is also busy
+    # predicting the next copied word; the state one token later has read that word too ("The
+    # crane lifted", "a crane waded"). In link mode the copy is known, so the query can wait a step.
+    link_query_offset: int = Field(0, ge=0, le=1, description="where [EL]'s query vector is read: 0 the state whose "
+                                                            "input is [EL], 1 the state of the token after it")
 
 
 class LossConfig(FrozenConfig):

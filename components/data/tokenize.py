@@ -133,11 +133,14 @@ class Formatter:
         segments = RETRIEVAL_PATTERN.split(example.answer)  # text, token, text, token, ..., text
         for hop, token in enumerate(segments[1::2]):
             seq.add(self.text(segments[2 * hop]), Role.GEN)
-            query_positions.append(len(seq.ids))
+            # [EL] may be read a token later (FormatConfig.link_query_offset); [EL] is never last:
+            # the copy, or at least the end of turn, follows it.
+            offset = self.format.link_query_offset if token == st.ENTITY else 0
+            query_positions.append(len(seq.ids) + offset)
             seq.add([self.special[token]], Role.GEN | Role.RET)
             if token == st.QUERY:  # [EL] links and decoding goes on: nothing is inserted
                 seq.add(self.passage(inserted[hop]), Role.CTX)
-            hop_ends.append(len(seq.ids))
+            hop_ends.append(len(seq.ids) + offset)
         seq.add(self.text(segments[-1]), Role.GEN)
         seq.add(*self._end_of_turn(tail))
 

@@ -170,11 +170,13 @@ class _Row:
     hops: list[Hop] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
     inserted: set[str] = field(default_factory=set)
-    wants_vector: bool = False  # the pending token is a RET token whose state is needed
+    wants_vector: bool = False  # the pending token's state is a query (a RET token's, or the one after [EL])
+    waiting: tuple[str, list[str], int] | None = None  # an [EL] whose query is the next token's state (link_query_offset)
+    closing: str | None = None  # the finish reason of an answer that ends once its last link is searched
     mention_start: int = 0  # generated-token index after the previous [EL]
     forms: Matcher | None = None  # link mode: the surface forms [EL] may follow
     ending: tuple[str, list[str]] | None = None  # link mode: the form the text ends with, its entities
-    linking: tuple[str, list[str], int] | None = None  # ... and that of the [EL] being fed, with its step
+    linking: tuple[str, list[str], int] | None = None  # ... and that of the [EL] whose query is being fed, with its step
     text: str = ""  # the answer so far (final once the row finishes)
     emitted: str = ""  # text already streamed
     prefix_offset: int = 0  # incremental detokenisation: tokens before read_offset whose text is
@@ -220,6 +222,7 @@ class InStreamDecoder:
         enc = model.formatter
         self.query_id = enc.query_id
         self.entity_id = enc.special[st.ENTITY]
+        self.link_offset = enc.format.link_query_offset  # as the model was trained: FormatConfig
         self.system_ids = [enc.special[t] for t in (st.PARAGRAPH_OPEN, st.PARAGRAPH_CLOSE, st.DOCUMENT)]
         self.stop_ids = enc.eos_ids
         self.textless_ids = set(model.tokenizer.all_special_ids)  # skipped in the text: no logprobs
@@ -363,6 +366,9 @@ class InStreamDecoder:
                 searches.append((b, row))
                 if row.cfg.mode == "rag":
                     continue  # the passage comes next, not a sampled token
+                if row.closing:  # the answer's last token was fed for its link's sake: it ends here
+                    events += self._finish(row, row.closing)
+                    continue
             token = self._sample(row, logits[b])
             row.generated.append(token)
             row.stream.append(token)
@@ -370,9 +376,11 @@ class InStreamDecoder:
             if token == self.query_id and self._retrieving(row) and self.index is not None:
                 row.wants_vector = True
             elif token == self.entity_id and self._linking(row):
-                row.wants_vector = True
-                row.linking = (*row.ending, len(row.generated) - 1)
+                row.waiting = (*row.ending, len(row.generated) - 1)
                 row.mention_start = len(row.generated)
+            # The token whose state is the [EL]'s query: [EL] itself, or with link_query_offset 1 the one after it.
+            if row.waiting and (not self.link_offset or token != self.entity_id):
+                row.linking, row.waiting, row.wants_vector = row.waiting, None, True
             events += self._check_finished(row, token)
         if searches:
             events += self._search(searches, hidden)
@@ -508,10 +516,16 @@ class InStreamDecoder:
             row.finish_reason = "stop"
         elif len(row.generated) >= row.cfg.max_new_tokens or not self._fits(row):
             row.finish_reason = "length"
+        if row.finish_reason and row.wants_vector and row.cfg.mode == "link" and self._fits(row):
+            # a link waits for the state of the token just written: feed it, search, then end
+            row.closing, row.finish_reason = row.finish_reason, None
         if row.finish_reason:
-            row.text = self._final_text(row)
-            return self._emit(row, row.text)
+            return self._finish(row, row.finish_reason)
         return self._emit(row, _hold_back(row.text, row.cfg.stop))  # what may still change waits: a stop string's start
+
+    def _finish(self, row: _Row, reason: str) -> list[Event]:
+        row.finish_reason, row.text = reason, self._final_text(row)
+        return self._emit(row, row.text)
 
     def _emit(self, row: _Row, safe: str) -> list[Event]:
         """A text event for what `safe` adds to the text streamed so far, with the logprobs of the
@@ -577,8 +591,7 @@ class InStreamDecoder:
         row.pending = chunk
         row.stream += chunk
         if not self._fits(row):  # no room for the passage: the answer ends here, text held back included
-            row.finish_reason, row.text = "length", self._final_text(row)
-            return [Event(row.index, "hop", hop=hop), *self._emit(row, row.text)]
+            return [Event(row.index, "hop", hop=hop), *self._finish(row, "length")]
         return [Event(row.index, "hop", hop=hop)]
 
     def _link(self, row: _Row, hits: list) -> Event:

@@ -255,7 +255,9 @@ def _token_row_modules(lm: PreTrainedModel) -> list[str]:
 
 def _fingerprint(model: PreTrainedModel, formatter: Formatter) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([formatter.special, formatter.format.model_dump()], sort_keys=True).encode())
+    # What an index's document vectors depend on: where [EL]'s query is read does not change them.
+    fmt = formatter.format.model_dump(exclude={"link_query_offset"})
+    h.update(json.dumps([formatter.special, fmt], sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())

@@ -74,6 +74,23 @@ def test_a_linking_row_trains_each_el_with_nothing_inserted_after_it(formatter, 
     assert batch.query_cols.tolist() == [first, second]  # the contrastive loss reads the [EL] states
 
 
+def test_a_linking_query_read_one_token_later_is_the_next_copied_token_or_the_end_of_turn(formatter, small_corpus):
+    from components.config import FormatConfig
+    from components.data.tokenize import Formatter
+
+    later = Formatter(formatter.tokenizer, FormatConfig(link_query_offset=1))
+    example = make_example("Ada Lovelace[EL] lived in London[EL]", [["ada"], ["london"]], [["byron"], []],
+                           prompt="Link the entities in this text:\nAda Lovelace lived in London")
+    at_el, enc = formatter.example(example, small_corpus, 512), later.example(example, small_corpus, 512)
+    assert enc.input_ids == at_el.input_ids and enc.labels == at_el.labels  # only where the query is read moves
+    assert enc.query_positions == [p + 1 for p in at_el.query_positions]
+    first, last = enc.query_positions
+    assert decode(formatter, enc.input_ids[first : first + 1]) == " lived" and enc.input_ids[last] in formatter.eos_ids
+    # [RQ]'s query stays at [RQ]: a passage, not the answer, follows it
+    rag = make_example("Where was she born?[RQ] In London.", [["ada"]])
+    assert later.example(rag, small_corpus, 512).query_positions == formatter.example(rag, small_corpus, 512).query_positions
+
+
 def test_documents_and_passages_are_truncated_to_the_format(formatter, small_corpus):
     from components.config import FormatConfig
     from components.data.tokenize import Formatter

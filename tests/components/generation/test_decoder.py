@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from components import tokens as st
-from components.config import DecoderConfig, GenerationConfig
+from components.config import DecoderConfig, FormatConfig, GenerationConfig
 from components.generation.decoder import InStreamDecoder, KnowledgeBase
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
@@ -156,10 +156,14 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
     assert kinds.count("hop") == len(done.hops) == 1 and kinds[-1] == "done"
 
 
-def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_model):
+@pytest.mark.parametrize("offset", [0, 1])
+def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_model, offset):
     from tests.conftest import CRANES, crane_entities
 
-    model, entities = random_model, crane_entities()
+    # offset 1: each query is the state of the token after [EL]; the last [EL] is followed by EOS,
+    # whose state the answer feeds before it ends.
+    model = OneGenModel(random_model.lm, random_model.tokenizer, FormatConfig(link_query_offset=offset)).eval()
+    entities = crane_entities()
     index = build_index(model, entities)
     f, el = model.formatter, model.formatter.special[st.ENTITY]
     decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)}, config=OWN)
@@ -171,10 +175,10 @@ def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_
         out = decoder.generate([prompt], GenerationConfig(mode="link", max_new_tokens=len(written)))[0]
     positions = [i for i, t in enumerate(out.generated) if t == el]
     assert positions == [n for n, t in enumerate(written) if t == el] and out.generated == written
-    assert out.hops == [] and [link.step for link in out.links] == positions
+    assert out.hops == [] and [link.step for link in out.links] == positions and out.finish_reason == "stop"
     assert [link.span for link in out.links] == ["crane", "Steel", "crane"]
-    # Each [EL] state is the clean forward's, matched among the entities its form names only.
-    vectors = clean_states(model, prompt + out.stream, [len(prompt) + p for p in positions])
+    # Each query state is the clean forward's, matched among the entities its form names only.
+    vectors = clean_states(model, prompt + out.stream, [len(prompt) + p + offset for p in positions])
     expected = index.search_among(vectors, [CRANES, ["Steel"], CRANES])
     assert [link.entity_id for link in out.links] == [hits[0].doc_id for hits in expected]
     assert [link.score for link in out.links] == pytest.approx([hits[0].score for hits in expected], abs=1e-5)
