@@ -184,6 +184,24 @@ def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_
     assert [link.score for link in out.links] == pytest.approx([hits[0].score for hits in expected], abs=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0, 1])
+def test_an_el_on_the_last_token_of_the_budget_is_still_linked(random_model, offset):
+    from tests.conftest import CRANES, crane_entities
+
+    model = OneGenModel(random_model.lm, random_model.tokenizer, FormatConfig(link_query_offset=offset)).eval()
+    entities = crane_entities()
+    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(build_index(model, entities), entities)}, config=OWN)
+    f, el = model.formatter, model.formatter.special[st.ENTITY]
+    prompt = f.prompt([{"role": "user", "content": "Link the entities in this text:\nThe crane lifted it."}])
+    written = [*f.text("The crane"), el, *f.text(" lifted")][: len(f.text("The crane")) + 1 + offset]  # the query's token last
+    with contextlib.ExitStack() as stack:
+        for token in set(written):
+            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(written) if t == token}))
+        out = decoder.generate([prompt], GenerationConfig(mode="link", max_new_tokens=len(written)))[0]
+    assert out.generated == written and out.finish_reason == "length"
+    assert [(link.span, link.step) for link in out.links] == [("crane", written.index(el))] and out.links[0].entity_id in CRANES
+
+
 def test_an_index_built_by_another_model_is_refused(random_model, tokenizer):
     other = OneGenModel.build(tiny_llama(tokenizer, seed=2), tokenizer)
     from tests.conftest import synthetic_retrieval
