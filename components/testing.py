@@ -47,6 +47,16 @@ def forced_token(model, token_id: int, calls: set[int]):
         handle.remove()
 
 
+@contextlib.contextmanager
+def writes(model, tokens: Sequence[int | None]):
+    """The model writes `tokens`, one per LM-head call (call n samples generated token n); at a
+    None it decides by itself."""
+    with contextlib.ExitStack() as stack:
+        for token in set(tokens) - {None}:
+            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(tokens) if t == token}))
+        yield
+
+
 def eos_bias(model) -> dict[int, float]:
     """logit_bias that keeps every answer going to max_new_tokens."""
     return {int(t): -1e4 for t in model.formatter.eos_ids}

@@ -1,5 +1,3 @@
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,7 @@ from components.generation.decoder import InStreamDecoder, KnowledgeBase
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import build_index
-from components.testing import forced_token
+from components.testing import writes
 
 # These tests pin down the decoder's algorithm as the model computes it, in fp32: against HF's
 # generate, a clean forward pass, each row alone. So they run the model's own modules (some also
@@ -156,22 +154,29 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(trained):
     assert kinds.count("hop") == len(done.hops) == 1 and kinds[-1] == "done"
 
 
-@pytest.mark.parametrize("offset", [0, 1])
-def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_model, offset):
-    from tests.conftest import CRANES, crane_entities
+@pytest.fixture(params=[0, 1], ids=["query_at_el", "query_after_el"])
+def crane_linker(random_model, request):
+    """The random model with its [EL] query read at [EL] (offset 0) or one token later (1), and a
+    decoder linking against the crane entities."""
+    from tests.conftest import crane_entities
+
+    model = OneGenModel(random_model.lm, random_model.tokenizer, FormatConfig(link_query_offset=request.param)).eval()
+    entities = crane_entities()
+    index = build_index(model, entities)
+    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)}, config=OWN)
+    return model, index, decoder, request.param
+
+
+def test_entity_linking_mode_links_each_mention_among_its_forms_entities(crane_linker):
+    from tests.conftest import CRANES
 
     # offset 1: each query is the state of the token after [EL]; the last [EL] is followed by EOS,
     # whose state the answer feeds before it ends.
-    model = OneGenModel(random_model.lm, random_model.tokenizer, FormatConfig(link_query_offset=offset)).eval()
-    entities = crane_entities()
-    index = build_index(model, entities)
+    model, index, decoder, offset = crane_linker
     f, el = model.formatter, model.formatter.special[st.ENTITY]
-    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(index, entities)}, config=OWN)
     prompt = f.prompt([{"role": "user", "content": "Link the entities in this text:\nThe crane and the Steel crane."}])
     written = [*f.text("The crane"), el, *f.text(" and the Steel"), el, *f.text(" crane"), el, *sorted(f.eos_ids)[:1]]
-    with contextlib.ExitStack() as stack:
-        for token in set(written):
-            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(written) if t == token}))
+    with writes(model, written):
         out = decoder.generate([prompt], GenerationConfig(mode="link", max_new_tokens=len(written)))[0]
     positions = [i for i, t in enumerate(out.generated) if t == el]
     assert positions == [n for n, t in enumerate(written) if t == el] and out.generated == written
@@ -184,19 +189,14 @@ def test_entity_linking_mode_links_each_mention_among_its_forms_entities(random_
     assert [link.score for link in out.links] == pytest.approx([hits[0].score for hits in expected], abs=1e-5)
 
 
-@pytest.mark.parametrize("offset", [0, 1])
-def test_an_el_on_the_last_token_of_the_budget_is_still_linked(random_model, offset):
-    from tests.conftest import CRANES, crane_entities
+def test_an_el_on_the_last_token_of_the_budget_is_still_linked(crane_linker):
+    from tests.conftest import CRANES
 
-    model = OneGenModel(random_model.lm, random_model.tokenizer, FormatConfig(link_query_offset=offset)).eval()
-    entities = crane_entities()
-    decoder = InStreamDecoder(model, index=None, knowledge_bases={"wikipedia": KnowledgeBase.of(build_index(model, entities), entities)}, config=OWN)
+    model, _, decoder, offset = crane_linker
     f, el = model.formatter, model.formatter.special[st.ENTITY]
     prompt = f.prompt([{"role": "user", "content": "Link the entities in this text:\nThe crane lifted it."}])
     written = [*f.text("The crane"), el, *f.text(" lifted")][: len(f.text("The crane")) + 1 + offset]  # the query's token last
-    with contextlib.ExitStack() as stack:
-        for token in set(written):
-            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(written) if t == token}))
+    with writes(model, written):
         out = decoder.generate([prompt], GenerationConfig(mode="link", max_new_tokens=len(written)))[0]
     assert out.generated == written and out.finish_reason == "length"
     assert [(link.span, link.step) for link in out.links] == [("crane", written.index(el))] and out.links[0].entity_id in CRANES

@@ -2,8 +2,6 @@
 follow a surface form of the knowledge base; each mention is placed on the input text and links to
 what its own [EL] state finds among the entities its form names."""
 
-import contextlib
-
 import pytest
 
 from components import tokens as st
@@ -14,23 +12,13 @@ from components.generation.linking import link_config, link_texts
 from components.model.base import tiny_llama
 from components.model.onegen import OneGenModel
 from components.retrieval.index import build_index
-from components.testing import forced_token
+from components.testing import forced_token, writes
 from tests.conftest import CRANES, crane_entities
 
 TEXT = "The crane lifted the beam while a crane waded."
 # The model's own modules, not a bf16 copy (DecoderConfig's default where the CPU has bf16): the
 # forced tokens here are hooks on them.
 OWN = DecoderConfig(matmul_dtype="float32")
-
-
-@contextlib.contextmanager
-def writes(model: OneGenModel, tokens: list[int | None]):
-    """The model writes `tokens`, one per LM-head call (call n samples generated token n); at a
-    None it decides by itself."""
-    with contextlib.ExitStack() as stack:
-        for token in set(tokens) - {None}:
-            stack.enter_context(forced_token(model, token, calls={n for n, t in enumerate(tokens) if t == token}))
-        yield
 
 
 @pytest.fixture
